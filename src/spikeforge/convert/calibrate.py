@@ -1,0 +1,115 @@
+"""Activation statistics for threshold balancing.
+
+During calibration every ReLU call site is a :class:`ActivationRecorder`: it applies
+the ReLU and keeps a random subsample of the positive activations of each batch
+(and the exact maximum). After several batches the threshold of the site is the
+``p``-th percentile of those activations, per layer or per channel (``p = 100`` is
+the maximum). Percentiles are taken over positive activations, so a sparse layer is
+not given a threshold near zero by its many silent units.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def channel_matrix(y: torch.Tensor, per_channel: bool) -> torch.Tensor:
+    """``[C, M]`` view of a batch of activations (C = 1 when not per channel)."""
+    if per_channel and y.dim() >= 2:
+        return y.transpose(0, 1).reshape(y.shape[1], -1)
+    return y.reshape(1, -1)
+
+
+def threshold_shape(sample_shape: torch.Size, per_channel: bool) -> tuple[int, ...]:
+    """Shape of a threshold that broadcasts over one sample ``[C, ...]``."""
+    if not per_channel or len(sample_shape) == 0:
+        return ()
+    return (sample_shape[0],) + (1,) * (len(sample_shape) - 1)
+
+
+def positive_percentile(values: torch.Tensor, p: float) -> torch.Tensor:
+    """Row-wise ``p``-th percentile of the positive entries of ``values`` ``[C, M]``.
+
+    Linear interpolation between order statistics; a row without positive entries
+    gives 0.
+    """
+    s, _ = torch.sort(values, dim=1)
+    M = s.shape[1]
+    n_pos = (s > 0).sum(dim=1)
+    start = M - n_pos
+    pos = start.double() + (p / 100.0) * (n_pos.double() - 1).clamp(min=0)
+    lo = pos.floor().long().clamp(0, M - 1)
+    hi = pos.ceil().long().clamp(0, M - 1)
+    frac = (pos - lo.double()).to(s.dtype)
+    out = s.gather(1, lo[:, None])[:, 0] * (1 - frac) + s.gather(1, hi[:, None])[:, 0] * frac
+    return torch.where(n_pos > 0, out, torch.zeros_like(out))
+
+
+class ActivationRecorder(nn.Module):
+    """A ReLU that records statistics of its output for threshold balancing."""
+
+    def __init__(
+        self,
+        *,
+        per_channel: bool = False,
+        samples_per_batch: int = 1 << 18,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.per_channel = per_channel
+        self.samples_per_batch = samples_per_batch
+        self.generator = torch.Generator().manual_seed(seed)
+        self.samples: list[torch.Tensor] = []
+        self.maximum: torch.Tensor | None = None
+        self.sample_shape: torch.Size | None = None
+        self.batches = 0
+        self.mean_sum = 0.0
+        self.count = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(x)
+        self.record(y.detach())
+        return y
+
+    @torch.no_grad()
+    def record(self, y: torch.Tensor) -> None:
+        if self.sample_shape is not None and y.shape[1:] != self.sample_shape:
+            raise ValueError(
+                f"calibration batches differ in shape: {tuple(self.sample_shape)} vs {tuple(y.shape[1:])}"
+            )
+        self.sample_shape = y.shape[1:]
+        mat = channel_matrix(y.float(), self.per_channel)
+        mx = mat.amax(dim=1)
+        self.maximum = mx if self.maximum is None else torch.maximum(self.maximum, mx)
+        cap = max(1024, self.samples_per_batch // mat.shape[0])
+        if mat.shape[1] > cap:
+            idx = torch.randint(mat.shape[1], (cap,), generator=self.generator)
+            mat = mat[:, idx]
+        self.samples.append(mat.clone())
+        self.batches += 1
+        self.mean_sum += float(y.sum())
+        self.count += y.numel()
+
+    def threshold(self, percentile: float) -> torch.Tensor:
+        """The balancing threshold λ: the percentile of recorded positive activations.
+
+        Channels (or layers) that never fired fall back to the layer value, then to 1.
+        """
+        if not self.batches or self.sample_shape is None or self.maximum is None:
+            raise RuntimeError("no calibration data reached this activation")
+        if not 0 < percentile <= 100:
+            raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+        if percentile >= 100:
+            lam = self.maximum.clone()
+        else:
+            lam = positive_percentile(torch.cat(self.samples, dim=1), percentile)
+        if (lam <= 0).any():
+            layer = lam[lam > 0]
+            fallback = float(layer.median()) if layer.numel() else 1.0
+            lam = torch.where(lam > 0, lam, torch.full_like(lam, fallback))
+        return lam.reshape(threshold_shape(self.sample_shape, self.per_channel))
+
+    @property
+    def mean_activation(self) -> float:
+        return self.mean_sum / self.count if self.count else 0.0

@@ -1,0 +1,273 @@
+"""ANN→SNN conversion: trace → fold BN → calibrate → balance thresholds → SpikingModel."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import torch
+from torch import fx, nn
+
+from spikeforge.convert.calibrate import ActivationRecorder
+from spikeforge.convert.graph import (
+    ConversionError,
+    fold_batchnorm,
+    maxpool_params,
+    node_kind,
+    trace,
+)
+from spikeforge.layers import POOL_MODES, SpikingMaxPool2d
+from spikeforge.neurons import Clock, IFNeuron, StatefulModule
+
+
+class TimeAlign(StatefulModule):
+    """Repeat static inputs of an add/concat over time when another input varies."""
+
+    def reset_state(self) -> None:
+        pass
+
+    def forward(self, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        clock = self.clock
+        if clock is None or clock.steps == 1:
+            return xs
+        tensors = [x for x in xs if isinstance(x, torch.Tensor)]
+        if all(clock.is_static(x) for x in tensors) or not any(clock.is_static(x) for x in tensors):
+            return xs
+        return tuple(clock.expand(x) if isinstance(x, torch.Tensor) else x for x in xs)
+
+
+@dataclass
+class SiteInfo:
+    """What the converter did at one ReLU call site."""
+
+    name: str
+    node: str
+    threshold_mean: float
+    threshold_max: float
+    ann_mean_activation: float
+    sample_shape: tuple[int, ...] = field(default_factory=tuple)
+
+
+class SpikingModel(nn.Module):
+    """A converted network that runs over time steps.
+
+    ``model(x, T)`` returns the per-step outputs ``[T, N, ...]`` of the analog output
+    layer; their running mean is the network's prediction after t steps (see
+    :func:`spikeforge.metrics.cumulative_mean`). Input ``x`` is one static batch
+    ``[N, ...]`` (fed at every step; the layers before the first neuron then run
+    once) or, with ``sequence=True``, a sequence ``[T, N, ...]``.
+
+    State is reset at the start of every call. Steps run in chunks: within a chunk,
+    stateless layers process all its steps as one ``[K·N, ...]`` batch and each
+    neuron loops over K; chunks are sized to ``mem_budget_mb``.
+    """
+
+    def __init__(self, graph: fx.GraphModule, clock: Clock, sites: list[SiteInfo], options: dict[str, Any]) -> None:
+        super().__init__()
+        self.graph_module = graph
+        self.clock = clock
+        self.sites = sites
+        self.options = options
+        self._stateful = [m for m in graph.modules() if isinstance(m, StatefulModule)]
+        for m in self._stateful:
+            m.clock = clock
+        self.bytes_per_sample_step = 4 * max([math.prod(s.sample_shape) for s in sites] or [1]) * 4
+
+    def reset_state(self) -> None:
+        """Clear every neuron's membrane and every pool's running sums."""
+        for m in self._stateful:
+            m.reset_state()
+
+    def neurons(self) -> dict[str, IFNeuron]:
+        return {n: m for n, m in self.graph_module.named_modules() if isinstance(m, IFNeuron)}
+
+    def firing_rates(self) -> dict[str, float]:
+        """Spikes per neuron per step of each neuron layer since the last reset."""
+        return {n: m.firing_rate for n, m in self.neurons().items()}
+
+    def chunk_size(self, T: int, N: int) -> int:
+        budget = float(self.options.get("mem_budget_mb", 512)) * 2**20
+        return max(1, min(T, int(budget // max(1, N * self.bytes_per_sample_step))))
+
+    @torch.no_grad()
+    def forward(
+        self,
+        x: torch.Tensor,
+        T: int | None = None,
+        *,
+        sequence: bool = False,
+        chunk: int | None = None,
+        record: bool = True,
+    ) -> torch.Tensor:
+        if sequence:
+            if x.dim() < 2:
+                raise ValueError(f"a sequence input must be [T, N, ...], got shape {tuple(x.shape)}")
+            if T is not None and T != x.shape[0]:
+                raise ValueError(f"T={T} but the sequence has {x.shape[0]} steps")
+            T = x.shape[0]
+            N = x.shape[1]
+        else:
+            if T is None or T < 1:
+                raise ValueError(f"T must be a positive number of time steps, got {T!r}")
+            N = x.shape[0]
+        if not torch.isfinite(x).all():
+            raise ValueError("input contains NaN or infinite values")
+        K = chunk or self.chunk_size(T, N)
+        self.reset_state()
+        self.clock.batch, self.clock.record = N, record
+        outs = []
+        for t0 in range(0, T, K):
+            k = min(K, T - t0)
+            self.clock.steps = k
+            inp = x[t0 : t0 + k].reshape(k * N, *x.shape[2:]) if sequence else x
+            y = self.graph_module(inp)
+            if not isinstance(y, torch.Tensor):
+                raise ConversionError("SpikingModel supports models with a single tensor output")
+            y = self.clock.expand(y) if self.clock.is_static(y) else y
+            outs.append(y.view(k, N, *y.shape[1:]))
+        return torch.cat(outs, dim=0)
+
+
+def _calibration_batches(data: Any, batch_size: int, max_batches: int | None) -> Iterable[torch.Tensor]:
+    """Yield input tensors from a tensor, a list of tensors, or (x, y) batches."""
+    if isinstance(data, torch.Tensor):
+        if data.shape[0] == 0:
+            raise ValueError("calibration data is empty")
+        batches: Iterable[Any] = data.split(batch_size)
+    else:
+        batches = data
+    n = 0
+    for b in batches:
+        if isinstance(b, (tuple, list)):
+            b = b[0]
+        if not isinstance(b, torch.Tensor):
+            raise TypeError(f"calibration batches must be tensors or (x, y) pairs, got {type(b).__name__}")
+        if not torch.isfinite(b).all():
+            raise ValueError("calibration data contains NaN or infinite values")
+        yield b.float()
+        n += 1
+        if max_batches is not None and n >= max_batches:
+            break
+    if n == 0:
+        raise ValueError("calibration data yielded no batches")
+
+
+def convert(
+    model: nn.Module,
+    calibration_data: Any,
+    *,
+    percentile: float = 99.99,
+    per_channel: bool = False,
+    reset: str = "subtract",
+    max_spikes: int = 1,
+    v_init: float = 0.5,
+    maxpool: str = "lipool",
+    batch_size: int = 256,
+    max_batches: int | None = 32,
+    mem_budget_mb: float = 512,
+    seed: int = 0,
+) -> SpikingModel:
+    """Convert a trained ANN into a :class:`SpikingModel` of integrate-and-fire neurons.
+
+    Args:
+        model: a network of Conv/Linear/BatchNorm/ReLU (module or functional)/MaxPool/
+            AvgPool/AdaptiveAvgPool/Flatten/add/cat/Upsample/ConvTranspose/Dropout.
+        calibration_data: inputs for activation statistics: a tensor (split into
+            batches of ``batch_size``) or an iterable of tensors / ``(x, y)`` batches.
+        percentile: p of the activation percentile used as threshold (100 = max).
+        per_channel: one threshold per channel instead of per layer.
+        reset: ``"subtract"`` (soft) or ``"zero"`` (hard) reset.
+        max_spikes: Γ, spikes a neuron may emit in one step (burst spikes when > 1).
+        v_init: initial membrane as a fraction of the threshold.
+        maxpool: ``"lipool"``, ``"gated"`` or ``"plain"`` spiking max-pool.
+        max_batches: most calibration batches to use (None = all).
+        mem_budget_mb: activation memory one chunk of time steps may use.
+    """
+    if maxpool not in POOL_MODES:
+        raise ValueError(f"maxpool must be one of {POOL_MODES}, got {maxpool!r}")
+    if reset not in ("subtract", "zero"):
+        raise ValueError(f"reset must be 'subtract' or 'zero', got {reset!r}")
+    if not 0 < percentile <= 100:
+        raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+    gm = trace(model)
+    fold_batchnorm(gm)
+    graph = gm.graph
+
+    recorders: dict[str, ActivationRecorder] = {}
+    site_nodes: dict[str, str] = {}
+    counter = 0
+    for node in list(graph.nodes):
+        kind = node_kind(gm, node)
+        if kind == "relu":
+            name = f"sf_neuron{counter}"
+            counter += 1
+            rec = ActivationRecorder(per_channel=per_channel, seed=seed + counter)
+            gm.add_submodule(name, rec)
+            recorders[name] = rec
+            site_nodes[name] = node.name
+            with graph.inserting_after(node):
+                new = graph.call_module(name, (node.args[0],))
+            node.replace_all_uses_with(new)
+            graph.erase_node(node)
+        elif kind == "maxpool":
+            params = maxpool_params(gm, node)
+            name = f"sf_pool{len(site_nodes)}_{node.name}".replace("__", "_")
+            gm.add_submodule(name, SpikingMaxPool2d(**params, mode=maxpool))
+            with graph.inserting_after(node):
+                new = graph.call_module(name, (node.args[0],))
+            node.replace_all_uses_with(new)
+            graph.erase_node(node)
+        elif kind == "dropout":
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+    # Time alignment in front of every add/concat of several tensors.
+    if not hasattr(gm, "sf_align"):
+        gm.add_submodule("sf_align", TimeAlign())
+    for node in list(graph.nodes):
+        if node.op in ("call_function", "call_method") and node_kind(gm, node) == "combine":
+            inputs = list(dict.fromkeys(node.all_input_nodes))
+            if len(inputs) < 2:
+                continue
+            with graph.inserting_before(node):
+                aligned = graph.call_module("sf_align", tuple(inputs))
+                picks = {inp: graph.call_function(_getitem, (aligned, i)) for i, inp in enumerate(inputs)}
+            node.args = fx.map_arg(node.args, lambda n: picks.get(n, n))
+            node.kwargs = fx.map_arg(node.kwargs, lambda n: picks.get(n, n))
+    graph.lint()
+    gm.recompile()
+    if not recorders:
+        raise ConversionError("the model has no ReLU to turn into spiking neurons")
+
+    # Calibration: run the ANN (now with recorders) over several batches.
+    with torch.no_grad():
+        for xb in _calibration_batches(calibration_data, batch_size, max_batches):
+            gm(xb)
+
+    sites: list[SiteInfo] = []
+    for name, rec in recorders.items():
+        if rec.batches == 0:
+            raise ConversionError(f"activation '{site_nodes[name]}' received no calibration data")
+        lam = rec.threshold(percentile)
+        neuron = IFNeuron(lam, reset=reset, max_spikes=max_spikes, v_init=v_init)
+        gm.add_submodule(name, neuron)
+        sites.append(
+            SiteInfo(
+                name=name,
+                node=site_nodes[name],
+                threshold_mean=float(lam.mean()),
+                threshold_max=float(lam.max()),
+                ann_mean_activation=rec.mean_activation,
+                sample_shape=tuple(rec.sample_shape or ()),
+            )
+        )
+    gm.recompile()
+    options = dict(
+        percentile=percentile, per_channel=per_channel, reset=reset, max_spikes=max_spikes,
+        v_init=v_init, maxpool=maxpool, mem_budget_mb=mem_budget_mb,
+    )
+    return SpikingModel(gm, Clock(), sites, options)
+
+
+def _getitem(xs: tuple[torch.Tensor, ...], i: int) -> torch.Tensor:
+    return xs[i]

@@ -1,0 +1,50 @@
+"""Evaluate a converted network at every time step from one pass."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from tqdm import tqdm
+
+from spikeforge.convert import SpikingModel
+from spikeforge.metrics.classification import correct_per_step
+
+
+@torch.no_grad()
+def evaluate_snn(
+    snn: SpikingModel,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    T: int,
+    *,
+    batch_size: int = 500,
+    progress: bool = False,
+) -> dict:
+    """Accuracy after each step t = 1..T and per-layer firing rates.
+
+    Returns ``{"accuracy": [acc_1, ..., acc_T], "firing_rates": {layer: rate},
+    "seconds": wall time, "images_per_second": ...}``.
+    """
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
+    correct = torch.zeros(T, dtype=torch.long)
+    spikes: dict[str, float] = {}
+    steps: dict[str, int] = {}
+    start = time.perf_counter()
+    n_batches = (len(labels) + batch_size - 1) // batch_size
+    for i in tqdm(range(n_batches), desc=f"SNN T={T}", disable=not progress, leave=False):
+        xb = images[i * batch_size : (i + 1) * batch_size]
+        yb = labels[i * batch_size : (i + 1) * batch_size]
+        out = snn(xb, T)
+        correct += correct_per_step(out, yb)
+        for name, neuron in snn.neurons().items():
+            spikes[name] = spikes.get(name, 0.0) + neuron.spike_count
+            steps[name] = steps.get(name, 0) + neuron.neuron_steps
+    seconds = time.perf_counter() - start
+    return {
+        "accuracy": (correct.double() / len(labels)).tolist(),
+        "firing_rates": {k: spikes[k] / steps[k] if steps[k] else 0.0 for k in spikes},
+        "seconds": seconds,
+        "images_per_second": len(labels) / seconds,
+    }

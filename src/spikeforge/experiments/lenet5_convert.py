@@ -1,0 +1,188 @@
+"""``spikeforge run lenet5-convert``: train LeNet5, convert it, evaluate every time step."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spikeforge.convert import convert
+from spikeforge.data import dataset_names
+from spikeforge.evaluate import evaluate_snn
+from spikeforge.experiments.common import (
+    command_line,
+    environment,
+    load_split_tensors,
+    percentile_value,
+    positive_int,
+)
+from spikeforge.experiments.registry import Experiment
+from spikeforge.io import write_json, write_text
+from spikeforge.models import create_model
+from spikeforge.plots import plot_accuracy_vs_T, plot_bars, plot_history
+from spikeforge.train import CheckpointError, evaluate_classifier, load_checkpoint, save_checkpoint, train_classifier
+
+TRAIN_KEYS = ("dataset", "epochs", "batch_size", "lr", "seed", "augment_shift")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="mnist-sample", choices=dataset_names())
+    p.add_argument("--data-dir", default=None, help="folder with the dataset files")
+    p.add_argument("--epochs", type=positive_int, default=15)
+    p.add_argument("--T", type=positive_int, default=128, help="evaluate steps 1..T")
+    p.add_argument("--out", default="runs/lenet5-convert")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--augment-shift", type=int, default=0, help="random translation (pixels) in training")
+    p.add_argument("--percentile", type=percentile_value, default=99.99)
+    p.add_argument("--per-channel", action="store_true", help="per-channel thresholds")
+    p.add_argument("--maxpool", choices=("lipool", "gated", "plain"), default="lipool")
+    p.add_argument("--max-spikes", type=positive_int, default=1, help="burst spikes Γ")
+    p.add_argument("--reset", choices=("subtract", "zero"), default="subtract")
+    p.add_argument("--v-init", type=float, default=0.5, help="initial membrane / threshold")
+    p.add_argument("--calib-batches", type=positive_int, default=32)
+    p.add_argument("--eval-batch-size", type=positive_int, default=500)
+    p.add_argument("--retrain", action="store_true", help="ignore a cached checkpoint in --out")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _train_or_load(args: argparse.Namespace, out: Path, train, test) -> tuple[torch.nn.Module, list, bool]:
+    model = create_model("lenet5", in_channels=train[0].shape[1], num_classes=10)
+    ckpt = out / "lenet5.pt"
+    config = {k: getattr(args, k) for k in TRAIN_KEYS}
+    if ckpt.exists() and not args.retrain:
+        try:
+            payload = load_checkpoint(ckpt, required=("model", "config", "history"))
+        except CheckpointError as exc:
+            print(f"warning: {exc}; training again")
+        else:
+            if payload["config"] == config:
+                model.load_state_dict(payload["model"])
+                model.eval()
+                print(f"loaded trained LeNet5 from {ckpt} (same training config)")
+                return model, list(payload["history"]), True
+            print(f"{ckpt} was trained with another config; training again")
+    torch.manual_seed(args.seed)
+    model = create_model("lenet5", in_channels=train[0].shape[1], num_classes=10)
+    history = train_classifier(
+        model, train, test, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        augment_shift=args.augment_shift, seed=args.seed, progress=not args.no_progress,
+    )
+    save_checkpoint(ckpt, {"model": model.state_dict(), "config": config, "history": history})
+    return model, history, False
+
+
+def _train_note(m: dict[str, Any]) -> str:
+    return "loaded from cache" if m["checkpoint_reused"] else f"{m['train_seconds']:.0f} s"
+
+
+def _report(m: dict[str, Any]) -> str:
+    acc = m["snn_accuracy"]
+    T = len(acc)
+    shown = [t for t in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if t <= T]
+    if T not in shown:
+        shown.append(T)
+    lines = [
+        "# LeNet5 ANN → SNN conversion",
+        "",
+        f"Command: `{m['command']}`",
+        "",
+        f"Dataset: **{m['dataset']}** ({m['n_train']} train / {m['n_test']} test images). "
+        f"ANN test accuracy: **{m['ann_accuracy']:.4f}**.",
+        "",
+        "Conversion: " + ", ".join(f"{k}={v}" for k, v in m["conversion"].items()),
+        "",
+        "| T | SNN accuracy | SNN − ANN (pt) |",
+        "|---:|---:|---:|",
+    ]
+    for t in shown:
+        a = acc[str(t)]
+        lines.append(f"| {t} | {a:.4f} | {100 * (a - m['ann_accuracy']):+.2f} |")
+    lines += [
+        "",
+        "![accuracy vs T](accuracy_vs_T.png)",
+        "",
+        "## Firing rates (spikes per neuron per step, over the test set)",
+        "",
+        "| layer | rate |",
+        "|---|---:|",
+        *[f"| {k} | {v:.4f} |" for k, v in m["firing_rates"].items()],
+        "",
+        f"Speed on this machine ({m['environment']['threads']} threads): ANN "
+        f"{m['ann_images_per_second']:.0f} images/s; SNN at T={T} {m['snn_images_per_second']:.0f} images/s.",
+        "",
+        f"Training: {m['epochs']} epochs ({_train_note(m)}).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    train, test, _classes = load_split_tensors(args.dataset, args.data_dir)
+    t0 = time.perf_counter()
+    model, history, reused = _train_or_load(args, out, train, test)
+    train_seconds = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    ann_acc, _ = evaluate_classifier(model, *test, batch_size=args.eval_batch_size)
+    ann_ips = len(test[1]) / (time.perf_counter() - t0)
+
+    gen = torch.Generator().manual_seed(args.seed)
+    calib_idx = torch.randperm(len(train[1]), generator=gen)[: 256 * args.calib_batches]
+    options = dict(
+        percentile=args.percentile, per_channel=args.per_channel, maxpool=args.maxpool,
+        max_spikes=args.max_spikes, reset=args.reset, v_init=args.v_init,
+    )
+    snn = convert(model, train[0][calib_idx], batch_size=256, max_batches=args.calib_batches, **options)
+    res = evaluate_snn(snn, *test, args.T, batch_size=args.eval_batch_size, progress=not args.no_progress)
+    snn_acc = {str(t + 1): a for t, a in enumerate(res["accuracy"])}
+
+    metrics: dict[str, Any] = {
+        "experiment": "lenet5-convert",
+        "command": command_line(),
+        "dataset": args.dataset,
+        "n_train": len(train[1]),
+        "n_test": len(test[1]),
+        "epochs": args.epochs,
+        "ann_accuracy": ann_acc,
+        "snn_accuracy": snn_acc,
+        "firing_rates": res["firing_rates"],
+        "conversion": options,
+        "ann_images_per_second": ann_ips,
+        "snn_images_per_second": res["images_per_second"],
+        "snn_seconds": res["seconds"],
+        "train_seconds": train_seconds,
+        "checkpoint_reused": reused,
+        "history": history,
+        "environment": environment(),
+    }
+    plot_accuracy_vs_T(
+        {f"SNN ({args.maxpool} max-pool)": res["accuracy"]}, out / "accuracy_vs_T.png",
+        ann_accuracy=ann_acc, title=f"LeNet5 on {args.dataset}: converted SNN",
+    )
+    plot_bars(res["firing_rates"], out / "firing_rates.png", title="firing rate per layer", ylabel="spikes / neuron / step")
+    if history:
+        plot_history(history, out / "training_curves.png", title="LeNet5 (ANN) training")
+    write_json(out / "metrics.json", metrics)
+    write_text(out / "report.md", _report(metrics))
+    T = args.T
+    print(f"ANN accuracy {ann_acc:.4f}; SNN accuracy " + ", ".join(
+        f"T={t}: {snn_acc[str(t)]:.4f}" for t in (8, 16, 32, 64, 128, 256) if t <= T
+    ) + (f", T={T}: {snn_acc[str(T)]:.4f}" if T not in (8, 16, 32, 64, 128, 256) else ""))
+    print(f"wrote {out / 'metrics.json'}, {out / 'report.md'}, {out / 'accuracy_vs_T.png'}")
+    return metrics
+
+
+EXPERIMENT = Experiment(
+    name="lenet5-convert",
+    description="train LeNet5 (seeds 000/001), convert it to an SNN, accuracy at every step",
+    add_arguments=add_arguments,
+    run=run,
+)

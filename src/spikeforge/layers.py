@@ -1,0 +1,138 @@
+"""Spiking max-pooling layers with state over time.
+
+Both run a chunk of K steps at once (``[K·N, C, H, W]``) and keep their running sums
+between chunks, so they work for any kernel, stride, padding and dilation.
+
+*Lateral-inhibition pooling* (LIPool): with accumulated input ``A_t = Σ_{s≤t} x_s``
+and per-window state ``S_t``, ``o_t = MP(S_t)`` then ``S_t −= unpool(o_t)``, where every
+unit of a window is inhibited by the window's output. Then the summed output is
+``Σ_{s≤t} o_s = MP(A_t)`` exactly, so ``o_t = MP(A_t) − MP(A_{t−1})``, which is what
+:class:`SpikingMaxPool2d` evaluates (vectorized over the chunk).
+
+*Gated max-pool*: ``o_t = MP(x_t + M·A_t) − MP(M·A_t)`` with M large, i.e. pass the
+current input of the unit that has fired most so far (ties go to the larger input).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spikeforge.neurons import StatefulModule
+
+POOL_MODES: tuple[str, ...] = ("lipool", "gated", "plain")
+
+
+class SpikingMaxPool2d(StatefulModule):
+    """Max-pooling of spike trains.
+
+    Args:
+        kernel_size, stride, padding, dilation, ceil_mode: as :class:`torch.nn.MaxPool2d`.
+        mode: ``"lipool"`` (lateral inhibition, default), ``"gated"`` (pass the most
+            active unit), or ``"plain"`` (ordinary max-pool applied to each step's
+            spikes; biased upward, kept for comparison).
+    """
+
+    def __init__(
+        self,
+        kernel_size,
+        stride=None,
+        padding=0,
+        dilation=1,
+        ceil_mode: bool = False,
+        *,
+        mode: str = "lipool",
+    ) -> None:
+        super().__init__()
+        if mode not in POOL_MODES:
+            raise ValueError(f"max-pool mode must be one of {POOL_MODES}, got {mode!r}")
+        self.kernel_size = kernel_size
+        self.stride = stride if stride is not None else kernel_size
+        self.padding = padding
+        self.dilation = dilation
+        self.ceil_mode = ceil_mode
+        self.mode = mode
+        self.acc: torch.Tensor | None = None  # A_{t-1}: accumulated input
+        self.pooled: torch.Tensor | None = None  # MP(A_{t-1}) (lipool)
+
+    def extra_repr(self) -> str:
+        return (
+            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+            f"mode={self.mode}"
+        )
+
+    def reset_state(self) -> None:
+        self.acc = None
+        self.pooled = None
+
+    def _pool(self, x: torch.Tensor, return_indices: bool = False):
+        return F.max_pool2d(
+            x,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            ceil_mode=self.ceil_mode,
+            return_indices=return_indices,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xs, static, K = self._split(x)
+        if static:
+            # A constant input pools to a constant output in every mode.
+            return self._pool(x)
+        N = xs.shape[1]
+        if self.mode == "plain":
+            out = self._pool(xs.reshape(K * N, *xs.shape[2:]))
+            return out if self.clock is not None else out.view(K, N, *out.shape[1:])
+        acc = torch.cumsum(xs, dim=0)
+        if self.acc is not None:
+            acc += self.acc
+        self.acc = acc[-1].clone()
+        flat = acc.reshape(K * N, *xs.shape[2:])
+        if self.mode == "lipool":
+            pooled = self._pool(flat).view(K, N, *self._out_shape(xs))
+            prev = self.pooled if self.pooled is not None else torch.zeros_like(pooled[0])
+            out = torch.diff(pooled, dim=0, prepend=prev.unsqueeze(0))
+            self.pooled = pooled[-1].clone()
+        else:  # gated: the unit with the largest accumulated input passes its current input
+            key = flat.double() * 1e6 + xs.reshape(K * N, *xs.shape[2:]).double()
+            _, idx = self._pool(key, return_indices=True)
+            src = xs.reshape(K * N, xs.shape[2], -1)
+            out = src.gather(2, idx.flatten(2)).view(K, N, *idx.shape[1:])
+        if self.clock is None:
+            return out
+        return out.reshape(K * N, *out.shape[2:])
+
+    def _out_shape(self, xs: torch.Tensor) -> tuple[int, ...]:
+        with torch.no_grad():
+            return tuple(self._pool(xs[0, :1]).shape[1:])
+
+
+def lipool_reference(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Step-by-step LIPool for kernel = stride (explicit inhibition), for tests.
+
+    ``S_t = S_{t-1} + x_t``; ``o_t = MP(S_t)``; ``S_t −= upsample(o_t)``.
+    """
+    state = torch.zeros_like(x[0])
+    outs = []
+    for t in range(x.shape[0]):
+        state = state + x[t]
+        o = F.max_pool2d(state, kernel_size)
+        state = state - F.interpolate(o, scale_factor=kernel_size, mode="nearest")
+        outs.append(o)
+    return torch.stack(outs)
+
+
+class MultiStep(nn.Module):
+    """Run a stateless layer on a ``[T, N, ...]`` sequence as one ``[T·N, ...]`` batch."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T, N = x.shape[:2]
+        y = self.layer(x.reshape(T * N, *x.shape[2:]))
+        return y.view(T, N, *y.shape[1:])

@@ -1,0 +1,27 @@
+"""Classification metrics for outputs that arrive one time step at a time."""
+
+from __future__ import annotations
+
+import torch
+
+
+def cumulative_mean(outputs: torch.Tensor) -> torch.Tensor:
+    """Running mean over time: ``m_t = (1/t) Σ_{s≤t} y_s`` for ``outputs`` ``[T, N, ...]``."""
+    T = outputs.shape[0]
+    steps = torch.arange(1, T + 1, dtype=outputs.dtype, device=outputs.device)
+    return outputs.cumsum(0) / steps.view(T, *([1] * (outputs.dim() - 1)))
+
+
+def correct_per_step(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Number of correct argmax predictions after each step ``[T]`` (running-sum decision)."""
+    if outputs.dim() != 3:
+        raise ValueError(f"expected per-step logits [T, N, classes], got shape {tuple(outputs.shape)}")
+    if labels.shape != outputs.shape[1:2]:
+        raise ValueError(f"labels of shape {tuple(labels.shape)} do not match batch {outputs.shape[1]}")
+    pred = outputs.cumsum(0).argmax(-1)
+    return (pred == labels.view(1, -1)).sum(1)
+
+
+def accuracy_per_step(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Accuracy after each step t = 1..T, from one pass over ``[T, N, classes]`` outputs."""
+    return correct_per_step(outputs, labels).double() / labels.numel()

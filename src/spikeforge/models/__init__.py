@@ -1,0 +1,6 @@
+"""Model registry: build any network of the project by name."""
+
+from spikeforge.models.registry import create_model, list_models, register_model
+from spikeforge.models import lenet  # noqa: F401  (registers its models)
+
+__all__ = ["create_model", "list_models", "register_model"]

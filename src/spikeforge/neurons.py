@@ -1,0 +1,147 @@
+"""Thin neuron modules over :mod:`spikeforge.functional` with explicit, resettable state.
+
+A module's state is a plain tensor attribute (``v``); ``reset_state()`` clears it.
+Modules run a whole chunk of time steps in one call. Inside a
+:class:`~spikeforge.convert.SpikingModel` the time/batch layout of a chunk comes from a
+shared :class:`Clock`; used on its own a neuron takes ``[T, N, ...]`` and returns the
+same shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from spikeforge.functional.neuron import RESETS, if_seq
+
+
+@dataclass
+class Clock:
+    """Time layout of the chunk a :class:`SpikingModel` is running.
+
+    Tensors flow between stateless layers as ``[steps·batch, ...]`` (time folded into
+    the batch) or, when they are the same at every step, as ``[batch, ...]`` ("static").
+    """
+
+    steps: int = 1
+    batch: int = 0
+    record: bool = True
+
+    def is_static(self, x: torch.Tensor) -> bool:
+        """True when ``x`` is one slice shared by all steps of the chunk."""
+        return self.steps == 1 or x.shape[0] == self.batch
+
+    def expand(self, x: torch.Tensor) -> torch.Tensor:
+        """A static ``[N, ...]`` tensor repeated over the chunk as ``[steps·N, ...]``."""
+        if self.steps == 1 or x.shape[0] != self.batch:
+            return x
+        return x.unsqueeze(0).expand(self.steps, *x.shape).reshape(-1, *x.shape[1:])
+
+
+class StatefulModule(nn.Module):
+    """Base of modules that keep state over time inside a SpikingModel."""
+
+    clock: Clock | None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = None
+
+    def reset_state(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _split(self, x: torch.Tensor) -> tuple[torch.Tensor, bool, int]:
+        """``(x as [K, N, ...] or [N, ...], static?, K)`` for the current chunk."""
+        if self.clock is None:
+            if x.dim() < 2:
+                raise ValueError(
+                    f"{type(self).__name__} expects [T, N, ...] input, got shape {tuple(x.shape)}"
+                )
+            return x, False, x.shape[0]
+        K, N = self.clock.steps, self.clock.batch
+        if self.clock.is_static(x):
+            return x, True, K
+        if x.shape[0] != K * N:
+            raise ValueError(
+                f"{type(self).__name__}: input batch {x.shape[0]} is neither the batch {N} "
+                f"nor steps×batch {K * N}"
+            )
+        return x.view(K, N, *x.shape[1:]), False, K
+
+
+class IFNeuron(StatefulModule):
+    """Integrate-and-fire neuron emitting θ-valued spikes (the converter's ReLU).
+
+    ``V_t = V_{t-1} + X_t``; ``S_t = clamp(floor(V_t/θ), 0, Γ)``; output ``θ·S_t``;
+    reset by subtraction (``V_t −= θ·S_t``) or to zero. Emitting ``θ·S_t`` instead of
+    ``S_t`` keeps the next layer's weights unchanged, so adds and concatenations of
+    differently balanced branches stay correct.
+
+    Args:
+        threshold: θ, a scalar or a per-channel tensor broadcastable to one sample.
+        reset: ``"subtract"`` or ``"zero"``.
+        max_spikes: Γ (burst spikes when > 1).
+        v_init: initial membrane as a fraction of θ.
+    """
+
+    def __init__(
+        self,
+        threshold: torch.Tensor | float = 1.0,
+        *,
+        reset: str = "subtract",
+        max_spikes: int = 1,
+        v_init: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if reset not in RESETS:
+            raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
+        th = torch.as_tensor(threshold, dtype=torch.float32)
+        if not torch.isfinite(th).all() or (th <= 0).any():
+            raise ValueError(f"thresholds must be finite and > 0, got {th.flatten()[:8].tolist()}")
+        self.register_buffer("threshold", th)
+        self.reset = reset
+        self.max_spikes = int(max_spikes)
+        self.v_init = float(v_init)
+        self.v: torch.Tensor | None = None
+        self.spike_count = 0.0
+        self.neuron_steps = 0
+
+    def extra_repr(self) -> str:
+        th = self.threshold
+        shown = f"{th.item():.4g}" if th.numel() == 1 else f"per-channel[{th.numel()}]"
+        return f"threshold={shown}, reset={self.reset}, max_spikes={self.max_spikes}, v_init={self.v_init}"
+
+    def reset_state(self) -> None:
+        self.v = None
+        self.spike_count = 0.0
+        self.neuron_steps = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xs, static, K = self._split(x)
+        th = self.threshold if self.threshold.numel() > 1 else float(self.threshold)
+        out, self.v = if_seq(
+            xs,
+            threshold=th,
+            v=self.v,
+            v_init=self.v_init,
+            reset=self.reset,  # type: ignore[arg-type]
+            max_spikes=self.max_spikes,
+            steps=K if static else None,
+            scale_output=True,
+        )
+        if self.clock is None or self.clock.record:
+            if self.max_spikes == 1:
+                self.spike_count += float(torch.count_nonzero(out))
+            else:
+                self.spike_count += float((out / self.threshold).sum())
+            self.neuron_steps += out.numel()
+        if self.clock is None:
+            return out
+        return out.view(-1, *out.shape[2:])
+
+    @property
+    def firing_rate(self) -> float:
+        """Mean spikes per neuron per step since the last reset."""
+        return self.spike_count / self.neuron_steps if self.neuron_steps else 0.0

@@ -1,0 +1,67 @@
+"""Figures written by the experiments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from spikeforge.io import save_figure  # noqa: E402
+
+
+def plot_accuracy_vs_T(
+    curves: Mapping[str, Sequence[float]],
+    path: str | Path,
+    *,
+    ann_accuracy: float | None = None,
+    title: str = "SNN accuracy vs time steps",
+    ylabel: str = "test accuracy",
+) -> Path:
+    """One line per curve (value after each step t = 1..T), log-scaled T axis."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label, acc in curves.items():
+        ax.plot(range(1, len(acc) + 1), acc, label=label, lw=1.6)
+    if ann_accuracy is not None:
+        ax.axhline(ann_accuracy, color="k", ls="--", lw=1, label=f"ANN ({ann_accuracy:.4f})")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("time steps T")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    lows = [min(a[min(len(a) - 1, 7):]) for a in curves.values() if len(a)]
+    if lows and ann_accuracy is not None:
+        ax.set_ylim(max(0.0, min(min(lows), ann_accuracy) - 0.05), min(1.0, ann_accuracy + 0.02))
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="lower right")
+    return save_figure(fig, path, dpi=120, bbox_inches="tight")
+
+
+def plot_bars(values: Mapping[str, float], path: str | Path, *, title: str, ylabel: str) -> Path:
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    names = list(values)
+    ax.bar(range(len(names)), [values[n] for n in names], color="#4477aa")
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y")
+    return save_figure(fig, path, dpi=120, bbox_inches="tight")
+
+
+def plot_history(history: Sequence[Mapping[str, float]], path: str | Path, *, title: str = "training") -> Path:
+    """Loss and accuracy per epoch (train and, when present, test)."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
+    ep = [h["epoch"] for h in history]
+    for key, ax in (("loss", a1), ("accuracy", a2)):
+        for split in ("train", "test"):
+            k = f"{split}_{key}"
+            if all(k in h for h in history):
+                ax.plot(ep, [h[k] for h in history], marker="o", ms=3, label=split)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    return save_figure(fig, path, dpi=120, bbox_inches="tight")
