@@ -233,3 +233,15 @@ def test_bad_inputs():
         convert(model, torch.full((4, 4), float("nan")))
     with pytest.raises(ConversionError, match="no ReLU"):
         convert(nn.Sequential(nn.Linear(3, 2)), torch.rand(4, 3))
+
+
+def test_one_step_chunks_equal_whole_run():
+    """Chunks of one step must still pool spike trains with state (not as static)."""
+    torch.manual_seed(0)
+    model = randomize_bn(ConcatUp())
+    snn = convert(model, torch.rand(32, 1, 8, 8))
+    x = torch.rand(3, 1, 8, 8)
+    torch.testing.assert_close(snn(x, 12, chunk=1), snn(x, 12), atol=1e-5, rtol=1e-5)
+    lenet = convert(create_model("lenet5").eval(), torch.rand(32, 1, 28, 28))
+    x = torch.rand(3, 1, 28, 28)
+    torch.testing.assert_close(lenet(x, 9, chunk=1), lenet(x, 9, chunk=4), atol=1e-5, rtol=1e-5)

@@ -61,9 +61,9 @@ def test_gated_pool_ties_go_to_larger_input():
 
 
 def test_static_input_pools_like_maxpool():
-    clock = Clock(steps=5, batch=2)
+    clock = Clock(steps=5, batch=2, input_static=True)
     pool = SpikingMaxPool2d(2, mode="lipool")
-    pool.clock = clock
+    pool.clock, pool.static_input = clock, True
     x = torch.rand(2, 3, 4, 4)
     assert torch.equal(pool(x), F.max_pool2d(x, 2))
 
@@ -71,3 +71,11 @@ def test_static_input_pools_like_maxpool():
 def test_unknown_mode():
     with pytest.raises(ValueError, match="max-pool mode"):
         SpikingMaxPool2d(2, mode="fancy")
+
+
+@pytest.mark.parametrize("kernel", [(2, 2), (3, 3), (2, 3)])
+def test_tiled_max_pool_equals_maxpool(kernel):
+    from spikeforge.layers import tiled_max_pool2d
+
+    x = torch.randn(3, 4, 13, 14)
+    assert torch.equal(tiled_max_pool2d(x, kernel), F.max_pool2d(x, kernel))

@@ -53,6 +53,9 @@ class SpikingMaxPool2d(StatefulModule):
         self.dilation = dilation
         self.ceil_mode = ceil_mode
         self.mode = mode
+        k, st = _pair(kernel_size), _pair(self.stride)
+        simple = k == st and _pair(padding) == (0, 0) and _pair(dilation) == (1, 1) and not ceil_mode
+        self._tiled = k if simple else None
         self.acc: torch.Tensor | None = None  # A_{t-1}: accumulated input
         self.pooled: torch.Tensor | None = None  # MP(A_{t-1}) (lipool)
 
@@ -67,6 +70,8 @@ class SpikingMaxPool2d(StatefulModule):
         self.pooled = None
 
     def _pool(self, x: torch.Tensor, return_indices: bool = False):
+        if not return_indices and self._tiled is not None:
+            return tiled_max_pool2d(x, self._tiled)
         return F.max_pool2d(
             x,
             self.kernel_size,
@@ -108,6 +113,26 @@ class SpikingMaxPool2d(StatefulModule):
     def _out_shape(self, xs: torch.Tensor) -> tuple[int, ...]:
         with torch.no_grad():
             return tuple(self._pool(xs[0, :1]).shape[1:])
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)  # type: ignore[return-value]
+
+
+def tiled_max_pool2d(x: torch.Tensor, kernel: tuple[int, int]) -> torch.Tensor:
+    """Max-pool with kernel = stride and no padding as element-wise maxima of strided views.
+
+    Equals ``F.max_pool2d(x, kernel)``; on CPU it is several times faster for small
+    kernels because it runs as a few vectorized passes.
+    """
+    kh, kw = kernel
+    H, W = x.shape[-2] // kh * kh, x.shape[-1] // kw * kw
+    out = x[..., 0:H:kh, 0:W:kw].clone()
+    for i in range(kh):
+        for j in range(kw):
+            if i or j:
+                torch.maximum(out, x[..., i:H:kh, j:W:kw], out=out)
+    return out
 
 
 def lipool_reference(x: torch.Tensor, kernel_size: int) -> torch.Tensor:

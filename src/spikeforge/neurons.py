@@ -22,20 +22,20 @@ class Clock:
     """Time layout of the chunk a :class:`SpikingModel` is running.
 
     Tensors flow between stateless layers as ``[steps·batch, ...]`` (time folded into
-    the batch) or, when they are the same at every step, as ``[batch, ...]`` ("static").
+    the batch) or, when they are the same at every step of the run, as ``[batch, ...]``
+    ("static"): with a constant input, every layer before the first neuron runs once.
+    Which tensors are static is decided from the graph at conversion time
+    (``StatefulModule.static_input``) and holds when ``input_static`` is true.
     """
 
     steps: int = 1
     batch: int = 0
     record: bool = True
-
-    def is_static(self, x: torch.Tensor) -> bool:
-        """True when ``x`` is one slice shared by all steps of the chunk."""
-        return self.steps == 1 or x.shape[0] == self.batch
+    input_static: bool = False
 
     def expand(self, x: torch.Tensor) -> torch.Tensor:
         """A static ``[N, ...]`` tensor repeated over the chunk as ``[steps·N, ...]``."""
-        if self.steps == 1 or x.shape[0] != self.batch:
+        if self.steps == 1:
             return x
         return x.unsqueeze(0).expand(self.steps, *x.shape).reshape(-1, *x.shape[1:])
 
@@ -44,10 +44,12 @@ class StatefulModule(nn.Module):
     """Base of modules that keep state over time inside a SpikingModel."""
 
     clock: Clock | None
+    static_input: bool
 
     def __init__(self) -> None:
         super().__init__()
         self.clock = None
+        self.static_input = False  # set by the converter from the graph
 
     def reset_state(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -61,7 +63,9 @@ class StatefulModule(nn.Module):
                 )
             return x, False, x.shape[0]
         K, N = self.clock.steps, self.clock.batch
-        if self.clock.is_static(x):
+        if self.static_input and self.clock.input_static:
+            if x.shape[0] != N:
+                raise ValueError(f"{type(self).__name__}: static input batch {x.shape[0]} is not {N}")
             return x, True, K
         if x.shape[0] != K * N:
             raise ValueError(

@@ -22,19 +22,23 @@ from spikeforge.neurons import Clock, IFNeuron, StatefulModule
 
 
 class TimeAlign(StatefulModule):
-    """Repeat static inputs of an add/concat over time when another input varies."""
+    """Repeat the static inputs of an add/concat over time when another input varies.
+
+    ``static_flags[i]`` says whether input ``i`` is static when the network input is.
+    """
+
+    def __init__(self, static_flags: tuple[bool, ...]) -> None:
+        super().__init__()
+        self.static_flags = tuple(static_flags)
 
     def reset_state(self) -> None:
         pass
 
     def forward(self, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         clock = self.clock
-        if clock is None or clock.steps == 1:
+        if clock is None or not clock.input_static or all(self.static_flags) or not any(self.static_flags):
             return xs
-        tensors = [x for x in xs if isinstance(x, torch.Tensor)]
-        if all(clock.is_static(x) for x in tensors) or not any(clock.is_static(x) for x in tensors):
-            return xs
-        return tuple(clock.expand(x) if isinstance(x, torch.Tensor) else x for x in xs)
+        return tuple(clock.expand(x) if f else x for x, f in zip(xs, self.static_flags))
 
 
 @dataclass
@@ -63,8 +67,17 @@ class SpikingModel(nn.Module):
     neuron loops over K; chunks are sized to ``mem_budget_mb``.
     """
 
-    def __init__(self, graph: fx.GraphModule, clock: Clock, sites: list[SiteInfo], options: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        graph: fx.GraphModule,
+        clock: Clock,
+        sites: list[SiteInfo],
+        options: dict[str, Any],
+        *,
+        output_static: bool = False,
+    ) -> None:
         super().__init__()
+        self.output_static = output_static
         self.graph_module = graph
         self.clock = clock
         self.sites = sites
@@ -115,7 +128,7 @@ class SpikingModel(nn.Module):
             raise ValueError("input contains NaN or infinite values")
         K = chunk or self.chunk_size(T, N)
         self.reset_state()
-        self.clock.batch, self.clock.record = N, record
+        self.clock.batch, self.clock.record, self.clock.input_static = N, record, not sequence
         outs = []
         for t0 in range(0, T, K):
             k = min(K, T - t0)
@@ -124,7 +137,8 @@ class SpikingModel(nn.Module):
             y = self.graph_module(inp)
             if not isinstance(y, torch.Tensor):
                 raise ConversionError("SpikingModel supports models with a single tensor output")
-            y = self.clock.expand(y) if self.clock.is_static(y) else y
+            if self.output_static and not sequence:
+                y = self.clock.expand(y)
             outs.append(y.view(k, N, *y.shape[1:]))
         return torch.cat(outs, dim=0)
 
@@ -221,19 +235,26 @@ def convert(
         elif kind == "dropout":
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
-    # Time alignment in front of every add/concat of several tensors.
-    if not hasattr(gm, "sf_align"):
-        gm.add_submodule("sf_align", TimeAlign())
-    for node in list(graph.nodes):
+    # Time alignment in front of every add/concat that mixes static and varying inputs.
+    static = _static_nodes(gm)
+    for i, node in enumerate(list(graph.nodes)):
         if node.op in ("call_function", "call_method") and node_kind(gm, node) == "combine":
             inputs = list(dict.fromkeys(node.all_input_nodes))
-            if len(inputs) < 2:
+            flags = tuple(inp in static for inp in inputs)
+            if len(inputs) < 2 or all(flags) or not any(flags):
                 continue
+            name = f"sf_align{i}"
+            gm.add_submodule(name, TimeAlign(flags))
             with graph.inserting_before(node):
-                aligned = graph.call_module("sf_align", tuple(inputs))
-                picks = {inp: graph.call_function(_getitem, (aligned, i)) for i, inp in enumerate(inputs)}
+                aligned = graph.call_module(name, tuple(inputs))
+                picks = {inp: graph.call_function(_getitem, (aligned, j)) for j, inp in enumerate(inputs)}
             node.args = fx.map_arg(node.args, lambda n: picks.get(n, n))
             node.kwargs = fx.map_arg(node.kwargs, lambda n: picks.get(n, n))
+    for node in graph.nodes:
+        if node.op == "call_module":
+            mod = gm.get_submodule(str(node.target))
+            if isinstance(mod, SpikingMaxPool2d):
+                mod.static_input = node.args[0] in static
     graph.lint()
     gm.recompile()
     if not recorders:
@@ -262,11 +283,34 @@ def convert(
             )
         )
     gm.recompile()
+    static = _static_nodes(gm)
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), IFNeuron):
+            gm.get_submodule(str(node.target)).static_input = node.args[0] in static
+    output_static = all(n in static for n in next(n for n in gm.graph.nodes if n.op == "output").all_input_nodes)
     options = dict(
         percentile=percentile, per_channel=per_channel, reset=reset, max_spikes=max_spikes,
         v_init=v_init, maxpool=maxpool, mem_budget_mb=mem_budget_mb,
     )
-    return SpikingModel(gm, Clock(), sites, options)
+    return SpikingModel(gm, Clock(), sites, options, output_static=output_static)
+
+
+def _static_nodes(gm: fx.GraphModule) -> set[fx.Node]:
+    """Nodes whose value is the same at every step when the network input is.
+
+    A node is static when all its inputs are, unless it is a neuron or a recorder
+    standing in for one. A max-pool of a static input is static (pooling a constant).
+    """
+    static: set[fx.Node] = set()
+    for node in gm.graph.nodes:
+        if node.op in ("placeholder", "get_attr"):
+            static.add(node)
+            continue
+        if node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), (IFNeuron, ActivationRecorder)):
+            continue
+        if node.op != "output" and all(i in static for i in node.all_input_nodes):
+            static.add(node)
+    return static
 
 
 def _getitem(xs: tuple[torch.Tensor, ...], i: int) -> torch.Tensor:

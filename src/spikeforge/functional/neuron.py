@@ -117,7 +117,7 @@ def if_seq(
         v.add_(x if constant else x[t])
         o = out[t]
         if max_spikes == 1:
-            o.copy_(v >= th)
+            torch.ge(v, th, out=o)  # float output: much faster than a bool mask
         else:
             torch.div(v, th, out=o)
             o.floor_().clamp_(0, max_spikes)
