@@ -9,12 +9,15 @@ same shape.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from spikeforge.functional.lif import check_lif, lif_seq
 from spikeforge.functional.neuron import RESETS, if_seq
+from spikeforge.surrogate import Surrogate, get_surrogate
 
 
 @dataclass
@@ -149,3 +152,141 @@ class IFNeuron(StatefulModule):
     def firing_rate(self) -> float:
         """Mean spikes per neuron per step since the last reset."""
         return self.spike_count / self.neuron_steps if self.neuron_steps else 0.0
+
+
+# --- trainable neurons (direct training with surrogate gradients) ----------------------
+
+
+class LIF(nn.Module):
+    """Leaky integrate-and-fire layer for direct training (see :func:`spikeforge.functional.lif.lif_seq`).
+
+    ``H_t = β·V_{t-1} + α·X_t``; ``S_t = H(H_t − θ)``; ``V_t = H_t − θ·S_t`` (subtract)
+    or ``H_t·(1 − S_t)`` (zero), with ``α = 1`` or ``1 − β`` (``decay_input``).
+
+    Give either ``beta`` or ``tau`` (``β = 1 − 1/τ``). Input ``[T, N, ...]``, or one
+    slice ``[N, ...]`` with ``steps=T`` (direct input, the same at every step). The
+    final membrane is kept in ``self.v`` (detached) and is the next call's initial
+    state until :meth:`reset_state`; networks call it at the start of every batch.
+    ``self.membrane`` holds the last call's ``H`` (differentiable) when
+    ``keep_membrane`` is set, for losses on the membrane potential.
+    """
+
+    def __init__(
+        self,
+        beta: float | None = None,
+        *,
+        tau: float | None = None,
+        threshold: float = 1.0,
+        reset: str = "subtract",
+        decay_input: bool = False,
+        surrogate: Surrogate | str = "atan",
+        detach_reset: bool = False,
+        keep_membrane: bool = False,
+    ) -> None:
+        super().__init__()
+        if beta is None and tau is None:
+            raise ValueError("give the decay as beta or as tau")
+        if beta is not None and tau is not None:
+            raise ValueError("give either beta or tau, not both")
+        if tau is not None:
+            if not tau >= 1.0:
+                raise ValueError(f"tau must be >= 1, got {tau}")
+            beta = 1.0 - 1.0 / tau
+        self.beta = float(beta)  # type: ignore[arg-type]
+        self.threshold = float(threshold)
+        self.reset = reset
+        self.decay_input = bool(decay_input)
+        self.surrogate = get_surrogate(surrogate)
+        self.detach_reset = bool(detach_reset)
+        self.keep_membrane = keep_membrane
+        self.v: torch.Tensor | None = None
+        self.membrane: torch.Tensor | None = None
+        check_lif(self.beta, self.threshold, reset, self.decay_input)
+
+    def extra_repr(self) -> str:
+        return (
+            f"beta={self.beta:.4g}, threshold={self.threshold}, reset={self.reset}, "
+            f"decay_input={self.decay_input}, surrogate={self.surrogate!r}"
+        )
+
+    def decay(self) -> float | torch.Tensor:
+        return self.beta
+
+    def reset_state(self) -> None:
+        self.v = None
+        self.membrane = None
+
+    def forward(self, x: torch.Tensor, steps: int | None = None) -> torch.Tensor:
+        v = self.v
+        if v is not None and v.shape != (x.shape if steps is not None else x.shape[1:]):
+            raise ValueError(
+                f"{type(self).__name__}: kept membrane {tuple(v.shape)} does not fit input "
+                f"{tuple(x.shape)}; call reset_state() between batches"
+            )
+        s, h, v = lif_seq(
+            x, beta=self.decay(), threshold=self.threshold, v=v, reset=self.reset,  # type: ignore[arg-type]
+            decay_input=self.decay_input, surrogate=self.surrogate, detach_reset=self.detach_reset, steps=steps,
+        )
+        self.v = v.detach()
+        self.membrane = h if self.keep_membrane else None
+        return s
+
+
+class IF(LIF):
+    """Integrate-and-fire layer for direct training: :class:`LIF` with ``β = 1``.
+
+    SpikingJelly's ``IFNode`` default is the zero (hard) reset, as used by seed 004's CSNN.
+    """
+
+    def __init__(
+        self,
+        *,
+        threshold: float = 1.0,
+        reset: str = "zero",
+        surrogate: Surrogate | str = "atan",
+        detach_reset: bool = False,
+        keep_membrane: bool = False,
+    ) -> None:
+        super().__init__(
+            1.0, threshold=threshold, reset=reset, surrogate=surrogate,
+            detach_reset=detach_reset, keep_membrane=keep_membrane,
+        )
+
+
+class ParametricLIF(LIF):
+    """LIF with a learnable time constant (Fang et al. 2021): ``β = σ(w)``.
+
+    ``init_tau`` sets ``w`` so that ``1 − 1/τ = σ(w)`` at the start; the decay is
+    shared by the layer and trained by backpropagation like a weight.
+    """
+
+    def __init__(
+        self,
+        init_tau: float = 2.0,
+        *,
+        threshold: float = 1.0,
+        reset: str = "subtract",
+        decay_input: bool = False,
+        surrogate: Surrogate | str = "atan",
+        detach_reset: bool = False,
+        keep_membrane: bool = False,
+    ) -> None:
+        super().__init__(
+            tau=init_tau, threshold=threshold, reset=reset, decay_input=decay_input,
+            surrogate=surrogate, detach_reset=detach_reset, keep_membrane=keep_membrane,
+        )
+        b = min(max(self.beta, 1e-4), 1 - 1e-4)
+        self.w = nn.Parameter(torch.tensor(math.log(b / (1 - b))))
+
+    def decay(self) -> torch.Tensor:
+        return torch.sigmoid(self.w)
+
+    def extra_repr(self) -> str:
+        return f"beta={float(self.decay()):.4g} (learned), threshold={self.threshold}, reset={self.reset}"
+
+
+def reset_states(module: nn.Module) -> None:
+    """Reset every neuron (trainable or converted) inside ``module``."""
+    for m in module.modules():
+        if isinstance(m, (LIF, StatefulModule)):
+            m.reset_state()

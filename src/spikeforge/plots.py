@@ -65,3 +65,48 @@ def plot_history(history: Sequence[Mapping[str, float]], path: str | Path, *, ti
         ax.legend()
     fig.suptitle(title)
     return save_figure(fig, path, dpi=120, bbox_inches="tight")
+
+
+def plot_predictions(
+    images, labels: Sequence[int], predicted: Sequence[int], classes: Sequence[str], path: str | Path, *, title: str
+) -> Path:
+    """A row of test images with their true and predicted labels (red when wrong)."""
+    n = len(labels)
+    fig, axes = plt.subplots(1, n, figsize=(1.5 * n, 2.1))
+    for ax, img, y, p in zip(axes if n > 1 else [axes], images, labels, predicted):
+        ax.imshow(img.reshape(img.shape[-2], img.shape[-1]), cmap="gray")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ok = int(y) == int(p)
+        ax.set_title(f"true: {classes[int(y)]}\npred: {classes[int(p)]}", fontsize=7, color="black" if ok else "red")
+    fig.suptitle(title, fontsize=9)
+    return save_figure(fig, path, dpi=120, bbox_inches="tight")
+
+
+def plot_sweep(
+    rows: Sequence[Mapping[str, float]], path: str | Path, *, x: str, group: str, y: str = "test_accuracy", title: str
+) -> Path:
+    """``y`` against ``x``, one line per value of ``group`` (a hyperparameter sweep)."""
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    for g in sorted({r[group] for r in rows}):
+        pts = sorted((r[x], r[y]) for r in rows if r[group] == g)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{group}={g}")
+    ax.set_xlabel(x)
+    ax.set_ylabel(y.replace("_", " "))
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return save_figure(fig, path, dpi=120, bbox_inches="tight")
+
+
+def plot_curves(curves: Mapping[str, Sequence[float]], path: str | Path, *, xlabel: str, ylabel: str, title: str) -> Path:
+    """Several curves over epochs (e.g. test accuracy of each sweep point)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label, ys in curves.items():
+        ax.plot(range(1, len(ys) + 1), ys, marker="o", ms=2, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return save_figure(fig, path, dpi=120, bbox_inches="tight")

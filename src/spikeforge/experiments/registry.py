@@ -16,9 +16,9 @@ class Experiment:
 
 
 def _all() -> dict[str, Experiment]:
-    from spikeforge.experiments import lenet5_convert
+    from spikeforge.experiments import direct_train, lenet5_convert
 
-    exps = [lenet5_convert.EXPERIMENT]
+    exps = [lenet5_convert.EXPERIMENT, *direct_train.EXPERIMENTS]
     return {e.name: e for e in exps}
 
 

@@ -1,0 +1,209 @@
+"""Backpropagation through time for directly trained SNNs, resumable and deterministic.
+
+One epoch: shuffle (a generator seeded by ``(seed, epoch)``, so a resumed run draws
+the same batches), forward the whole sequence, loss, backward, optimizer step; then
+evaluate on the test set. After every epoch a checkpoint (model, optimizer, schedule,
+history, RNG state) is written atomically to ``checkpoint.pt``; ``resume=True``
+continues from it exactly. A non-finite loss stops training with an error before
+anything is written, so the last good checkpoint stays intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from spikeforge.data import iterate_batches
+from spikeforge.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from spikeforge.train.losses import LOSSES
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class SNNTrainConfig:
+    """Hyperparameters of :func:`fit_snn` (saved in the checkpoint; resume needs the same)."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "adam"  # adam | sgd
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "none"  # none | cosine
+    loss: str = "ce-membrane"  # ce-membrane | mse-rate | ce-rate
+    seed: int = 0
+    bf16: bool = False  # bfloat16 autocast (CPU)
+    channels_last: bool = False
+    eval_batch_size: int = 500
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ValueError("epochs, batch_size and eval_batch_size must be >= 1")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if self.schedule not in ("none", "cosine"):
+            raise ValueError(f"schedule must be 'none' or 'cosine', got {self.schedule!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+
+
+def _autocast(cfg: SNNTrainConfig):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if cfg.bf16 else contextlib.nullcontext()
+
+
+def loss_of(out: Any, y: torch.Tensor, loss: str) -> torch.Tensor:
+    """Apply the named loss to a network's :class:`~spikeforge.models.snn.SNNOutput`."""
+    if loss == "ce-membrane":
+        if out.membrane is None:
+            raise ValueError("loss 'ce-membrane' needs the output membrane; the network does not keep it")
+        return LOSSES[loss](out.membrane, y)
+    return LOSSES[loss](out.spikes, y)
+
+
+def predict(out: Any) -> torch.Tensor:
+    """Class with the most output spikes; ties broken by the mean output membrane."""
+    score = out.spikes.float().sum(0)
+    if out.membrane is not None:
+        m = out.membrane.detach().float().mean(0)
+        score = score + 1e-3 * torch.sigmoid(m)
+    return score.argmax(1)
+
+
+def _generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+@torch.no_grad()
+def evaluate_snn_classifier(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: SNNTrainConfig, *, seed: int = 12345,
+) -> tuple[float, float]:
+    """(accuracy, mean loss) on a labelled set (Poisson inputs drawn from a fixed seed)."""
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    correct, total, n = 0, 0.0, 0
+    for xb, yb in iterate_batches(images, labels, cfg.eval_batch_size, shuffle=False):
+        with _autocast(cfg):
+            out = model(xb, generator=gen)
+        total += float(loss_of(out, yb, cfg.loss)) * yb.numel()
+        correct += int((predict(out) == yb).sum())
+        n += yb.numel()
+    return correct / n, total / n
+
+
+def _make_optimizer(model: nn.Module, cfg: SNNTrainConfig, steps_total: int):
+    if cfg.optimizer == "adam":
+        opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs) if cfg.schedule == "cosine" else None
+    return opt, sched
+
+
+def fit_snn(
+    model: nn.Module,
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor] | None,
+    cfg: SNNTrainConfig,
+    *,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    model_config: dict[str, Any] | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> list[dict[str, float]]:
+    """Train ``model`` with BPTT; returns the per-epoch history.
+
+    ``train``/``test`` are ``(images float [N, ...] in [0, 1], labels int64 [N])``.
+    With ``out_dir`` a checkpoint is written there after every epoch; ``resume``
+    loads it (it must exist and match ``cfg`` and ``model_config``) and continues.
+    """
+    cfg.validate()
+    x_train, y_train = train
+    if x_train.shape[0] != y_train.shape[0]:
+        raise ValueError(f"{x_train.shape[0]} training images but {y_train.shape[0]} labels")
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    steps_per_epoch = math.ceil(len(y_train) / cfg.batch_size)
+    opt, sched = _make_optimizer(model, cfg, cfg.epochs * steps_per_epoch)
+    history: list[dict[str, float]] = []
+    start_epoch = 1
+    ckpt = Path(out_dir) / CHECKPOINT if out_dir is not None else None
+    identity = {"train": asdict(cfg), "model": model_config or {}}
+    if resume:
+        if ckpt is None:
+            raise ValueError("resume needs an output folder holding a checkpoint")
+        if not ckpt.exists():
+            raise CheckpointError(f"cannot resume: no checkpoint at {ckpt}")
+        payload = load_checkpoint(ckpt, required=("model", "optimizer", "epoch", "history", "identity"))
+        if payload["identity"] != identity:
+            raise CheckpointError(
+                f"cannot resume from {ckpt}: it was trained with another configuration "
+                f"({payload['identity']} vs {identity})"
+            )
+        model.load_state_dict(payload["model"])
+        opt.load_state_dict(payload["optimizer"])
+        if sched is not None and payload.get("scheduler") is not None:
+            sched.load_state_dict(payload["scheduler"])
+        history = list(payload["history"])
+        start_epoch = int(payload["epoch"]) + 1
+        if "rng" in payload:
+            torch.set_rng_state(payload["rng"])
+        print(f"resumed from {ckpt} after epoch {start_epoch - 1}")
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        model.train()
+        gen = _generator(cfg.seed, epoch)
+        seen, correct, total_loss = 0, 0, 0.0
+        t0 = time.perf_counter()
+        bar = tqdm(
+            iterate_batches(x_train, y_train, cfg.batch_size, shuffle=True, generator=gen),
+            total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress,
+            leave=False, mininterval=1.0,
+        )
+        for i, (xb, yb) in enumerate(bar):
+            with _autocast(cfg):
+                out = model(xb, generator=gen)
+            loss = loss_of(out, yb, cfg.loss)
+            if not torch.isfinite(loss):
+                last = f"the last good checkpoint {ckpt} (epoch {epoch - 1}) is intact" if ckpt and epoch > 1 else "nothing was saved"
+                raise FloatingPointError(
+                    f"loss became {float(loss)} at epoch {epoch}, batch {i + 1}; {last}. Lower the learning rate."
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total_loss += float(loss.detach()) * yb.numel()
+            correct += int((predict(out) == yb).sum())
+            seen += yb.numel()
+            if i % 20 == 0:
+                bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
+        if sched is not None:
+            sched.step()
+        row = {
+            "epoch": epoch, "train_loss": total_loss / seen, "train_accuracy": correct / seen,
+            "train_seconds": time.perf_counter() - t0,
+        }
+        if test is not None:
+            row["test_accuracy"], row["test_loss"] = evaluate_snn_classifier(model, *test, cfg)
+        history.append(row)
+        tqdm.write(f"epoch {epoch}/{cfg.epochs}: " + ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch"))
+        if ckpt is not None:
+            save_checkpoint(ckpt, {
+                "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict() if sched is not None else None,
+                "epoch": epoch, "history": history, "identity": identity, "rng": torch.get_rng_state(),
+            })
+        if on_epoch is not None:
+            on_epoch(epoch, row)
+    model.eval()
+    return history
