@@ -48,6 +48,8 @@ class SpikingNet(nn.Module):
                 f"{type(self).__name__} expects images [N, {', '.join(map(str, self.input_shape))}], "
                 f"got shape {tuple(x.shape)}"
             )
+        if not torch.isfinite(x).all():
+            raise ValueError(f"{type(self).__name__}: input contains NaN or infinite values")
         return x.reshape(x.shape[0], *self.input_shape)
 
     def encode(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor | None:

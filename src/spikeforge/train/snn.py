@@ -80,6 +80,12 @@ def predict(out: Any) -> torch.Tensor:
     return score.argmax(1)
 
 
+def _last_good(ckpt: Path | None, epoch: int) -> str:
+    if ckpt is not None and epoch > 1:
+        return f"the last good checkpoint {ckpt} (epoch {epoch - 1}) is intact"
+    return "no checkpoint was written"
+
+
 def _generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
@@ -175,9 +181,9 @@ def fit_snn(
                 out = model(xb, generator=gen)
             loss = loss_of(out, yb, cfg.loss)
             if not torch.isfinite(loss):
-                last = f"the last good checkpoint {ckpt} (epoch {epoch - 1}) is intact" if ckpt and epoch > 1 else "nothing was saved"
                 raise FloatingPointError(
-                    f"loss became {float(loss)} at epoch {epoch}, batch {i + 1}; {last}. Lower the learning rate."
+                    f"loss became {float(loss.detach())} at epoch {epoch}, batch {i + 1}; {_last_good(ckpt, epoch)}. "
+                    "Lower the learning rate."
                 )
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -189,6 +195,11 @@ def fit_snn(
                 bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
         if sched is not None:
             sched.step()
+        bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise FloatingPointError(
+                f"parameters {', '.join(bad[:3])} became NaN/inf in epoch {epoch}; {_last_good(ckpt, epoch)}"
+            )
         row = {
             "epoch": epoch, "train_loss": total_loss / seen, "train_accuracy": correct / seen,
             "train_seconds": time.perf_counter() - t0,

@@ -1,0 +1,125 @@
+"""BPTT training loop: resume exactness, bad input, checkpoints, experiments end to end."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import torch
+
+from spikeforge.cli import main
+from spikeforge.models import create_model
+from spikeforge.train import CheckpointError, load_checkpoint
+from spikeforge.train.snn import SNNTrainConfig, fit_snn
+
+
+def _data(n=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 10, (n,), generator=g)
+    x = torch.rand(n, 1, 28, 28, generator=g) * 0.3
+    x[torch.arange(n), 0, y * 2 + 3, :] = 1.0  # a learnable class cue: one bright row per class
+    return x, y
+
+
+def _cfg(**kw):
+    return SNNTrainConfig(**{**dict(epochs=2, batch_size=32, lr=1e-3, seed=3), **kw})
+
+
+@pytest.mark.parametrize("name,kw,loss", [
+    ("fc-lif", dict(hidden=32, T=5), "ce-membrane"),
+    ("fc-poisson", dict(T=6), "mse-rate"),
+    ("csnn", dict(channels=4, T=2), "mse-rate"),
+])
+def test_resume_continues_exactly(tmp_path, name, kw, loss):
+    train, test = _data(), _data(40, seed=1)
+    torch.manual_seed(0)
+    straight = create_model(name, **kw)
+    h1 = fit_snn(straight, train, test, _cfg(loss=loss), out_dir=tmp_path / "a", progress=False)
+    torch.manual_seed(0)
+    first = create_model(name, **kw)
+    fit_snn(first, train, test, _cfg(loss=loss, epochs=1), out_dir=tmp_path / "b", progress=False)
+    # the 1-epoch run's checkpoint was made with epochs=1: resuming with epochs=2 is another config
+    with pytest.raises(CheckpointError, match="another configuration"):
+        fit_snn(create_model(name, **kw), train, test, _cfg(loss=loss), out_dir=tmp_path / "b", resume=True)
+    # a run interrupted after epoch 1 of 2 resumes to the same weights as the straight run
+    torch.manual_seed(0)
+    part = create_model(name, **kw)
+    with pytest.raises(KeyboardInterrupt):
+        def stop(epoch, row):
+            raise KeyboardInterrupt
+        fit_snn(part, train, test, _cfg(loss=loss), out_dir=tmp_path / "c", progress=False, on_epoch=stop)
+    resumed = create_model(name, **kw)
+    h2 = fit_snn(resumed, train, test, _cfg(loss=loss), out_dir=tmp_path / "c", resume=True, progress=False)
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert [r["test_accuracy"] for r in h1] == [r["test_accuracy"] for r in h2]
+
+
+def test_training_learns_and_models_pickle(tmp_path):
+    train = _data(256)
+    torch.manual_seed(0)
+    model = create_model("fc-lif", hidden=64, T=8)
+    hist = fit_snn(model, train, train, _cfg(epochs=3, lr=3e-3), progress=False)
+    assert hist[-1]["test_accuracy"] > 0.6 > 0.1  # chance is 0.1
+    torch.save(model, tmp_path / "m.pt")
+    clone = pickle.loads(pickle.dumps(model))
+    x = train[0][:5]
+    assert torch.equal(clone(x).spikes, model(x).spikes)
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    import spikeforge.train.snn as loop
+
+    train = _data(64)
+    model = create_model("fc-lif", hidden=16, T=4)
+    real = loop.loss_of
+    calls = {"n": 0}
+
+    def flaky(out, y, loss):
+        calls["n"] += 1
+        value = real(out, y, loss)
+        return value * float("nan") if calls["n"] == 3 else value
+
+    monkeypatch.setattr(loop, "loss_of", flaky)
+    with pytest.raises(FloatingPointError, match=r"epoch 2, batch 1.*checkpoint.*\(epoch 1\) is intact"):
+        fit_snn(model, train, None, _cfg(epochs=2), out_dir=tmp_path, progress=False)
+    kept = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert kept["epoch"] == 1 and all(torch.isfinite(v).all() for v in kept["model"].values())
+    bad = train[0].clone()
+    bad[5, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        model(bad)
+
+
+def test_wrong_shape_and_bad_checkpoint(tmp_path):
+    model = create_model("csnn", channels=4, T=2)
+    with pytest.raises(ValueError, match=r"expects images \[N, 1, 28, 28\]"):
+        model(torch.rand(2, 3, 28, 28))
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        fit_snn(model, _data(32), None, _cfg(), out_dir=tmp_path, resume=True)
+    (tmp_path / "checkpoint.pt").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        fit_snn(model, _data(32), None, _cfg(), out_dir=tmp_path, resume=True)
+    with pytest.raises(ValueError, match="optimizer"):
+        fit_snn(model, _data(32), None, _cfg(optimizer="rmsprop"))
+
+
+def test_experiments_end_to_end(tmp_path, capsys):
+    out = tmp_path / "csnn"
+    args = ["run", "csnn", "--epochs", "1", "--train-limit", "200", "--channels", "4", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= m["test_accuracy"] <= 1.0 and len(m["history"]) == 1
+    assert m["training"]["bf16"] is True
+    for f in ("curves.png", "predictions.png", "report.md", "checkpoint.pt"):
+        assert (out / f).stat().st_size > 0
+    assert main(args + ["--resume"]) == 0  # already complete: resumes, trains nothing, rewrites outputs
+    sweep = tmp_path / "sweep"
+    assert main(["run", "fc-lif", "--sweep", "--betas", "0.5,0.9", "--hiddens", "16", "--epochs", "1",
+                 "--train-limit", "200", "--T", "4", "--out", str(sweep), "--no-progress"]) == 0
+    m = json.loads((sweep / "metrics.json").read_text())
+    assert [(r["beta"], r["hidden"]) for r in m["sweep"]] == [(0.5, 16), (0.9, 16)]
+    assert (sweep / "sweep_beta.png").exists() and "| 0.9 |" in (sweep / "report.md").read_text()
+    assert main(["run", "fc-poisson", "--resume", "--out", str(tmp_path / "none"), "--no-progress"]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
