@@ -19,16 +19,29 @@ CASES = [
 ]
 
 
+def _native_available() -> bool:
+    from spikeforge import _native
+
+    return _native.library() is not None
+
+
+BACKENDS = ["torch", pytest.param("native", marks=pytest.mark.skipif(not _native_available(), reason="no C compiler"))]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("reset,detach,decay_input,beta,constant", CASES)
-def test_fused_matches_reference_outputs_and_gradients(reset, detach, decay_input, beta, constant):
+def test_fused_matches_reference_outputs_and_gradients(reset, detach, decay_input, beta, constant, backend):
+    """Both fused paths against the step-by-step autograd reference (float64 for the
+    PyTorch path; float32 for the compiled kernels, which compute in float32)."""
     torch.manual_seed(1)
     T = 9
     shape = (3, 4, 5) if constant else (T, 3, 4, 5)
-    x = torch.randn(shape, dtype=torch.float64) * 0.8 + 0.4
+    dtype = torch.float64 if backend == "torch" else torch.float32
+    x = torch.randn(shape, dtype=dtype) * 0.8 + 0.4
     x = (x / (1 - beta) if decay_input else x).requires_grad_()
     kw = dict(beta=beta, reset=reset, decay_input=decay_input, detach_reset=detach,
               surrogate=Sigmoid(3.0), steps=T if constant else None, threshold=0.8)
-    s, h, v = lif_seq(x, **kw)
+    s, h, v = lif_seq(x, backend=backend, **kw)
     ws, wh = torch.randn_like(s), torch.randn_like(h)
     ((s * ws).sum() + (h * wh).sum()).backward()
     g = x.grad.clone()
@@ -37,22 +50,47 @@ def test_fused_matches_reference_outputs_and_gradients(reset, detach, decay_inpu
     ((s2 * ws).sum() + (h2 * wh).sum()).backward()
     assert s.sum() > 0 and (s == 0).any()  # the case exercises both firing and silence
     assert torch.equal(s, s2)
-    torch.testing.assert_close(h, h2, atol=1e-6, rtol=0)
-    torch.testing.assert_close(v, v2.detach(), atol=1e-6, rtol=0)
-    torch.testing.assert_close(g, x.grad, atol=1e-6, rtol=0)
+    tol = dict(atol=1e-6, rtol=0) if backend == "torch" else dict(atol=5e-6, rtol=1e-5)  # float32 sums over T
+    torch.testing.assert_close(h, h2, **tol)
+    torch.testing.assert_close(v, v2.detach(), **tol)
+    torch.testing.assert_close(g, x.grad, **tol)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("decay_input", [False, True])
-def test_learnable_beta_gradient_matches_reference(decay_input):
+def test_learnable_beta_gradient_matches_reference(decay_input, backend):
     torch.manual_seed(2)
-    x = torch.randn(8, 4, 6, dtype=torch.float64) + 0.5
+    dtype = torch.float64 if backend == "torch" else torch.float32
+    x = torch.randn(8, 4, 6, dtype=dtype) + 0.5
     out = []
-    for fn in (lif_seq, lif_seq_reference):
-        b = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
+    for fn in (lambda *a, **k: lif_seq(*a, backend=backend, **k), lif_seq_reference):
+        b = torch.tensor(0.8, dtype=dtype, requires_grad=True)
         s, h, _ = fn(x, beta=b, decay_input=decay_input, surrogate=ATan())
         (s.sum() + 0.1 * h.square().sum()).backward()
-        out.append(b.grad)
-    torch.testing.assert_close(out[0], out[1], atol=1e-6, rtol=1e-6)
+        out.append(b.grad.double())
+    torch.testing.assert_close(out[0], out[1], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.skipif(not _native_available(), reason="no C compiler")
+@pytest.mark.parametrize("sg", [ATan(2.0), Sigmoid(4.0), FastSigmoid(25.0), Triangle(1.0)], ids=repr)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_native_equals_torch_path(sg, dtype):
+    """Every surrogate the kernels know, bf16 and channels-last layouts included."""
+    torch.manual_seed(3)
+    x = (torch.randn(4 * 6, 5, 3, 3) * 0.7 + 0.5).contiguous(memory_format=torch.channels_last)
+    x = x.view(4, 6, 5, 3, 3).to(dtype)
+    res = []
+    for backend in ("native", "torch"):
+        xi = x.detach().clone().requires_grad_()
+        s, h, v = lif_seq(xi, beta=0.9, reset="zero", surrogate=sg, backend=backend)
+        w = torch.linspace(-1, 1, s.numel()).view_as(s)
+        ((s.float() * w).sum() + 0.01 * h.sum()).backward()
+        res.append((s, h, v, xi.grad.float()))
+    assert torch.equal(res[0][0], res[1][0]) and res[0][0].dtype == dtype
+    assert res[0][0].flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(res[0][1], res[1][1])
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=1e-2)
+    torch.testing.assert_close(res[0][3], res[1][3], **tol)
 
 
 def test_hand_computed_lif_sequence():

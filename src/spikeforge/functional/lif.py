@@ -27,11 +27,12 @@ back in the input's dtype (0 and 1 are exact in bfloat16).
 
 from __future__ import annotations
 
+import ctypes
 from typing import Literal
 
 import torch
 
-from spikeforge.surrogate import ATan, Surrogate
+from spikeforge.surrogate import ATan, FastSigmoid, Sigmoid, Surrogate, Triangle
 
 Reset = Literal["subtract", "zero"]
 
@@ -78,19 +79,79 @@ def _forward_loop(
     return s, h, v
 
 
+def _native_surrogate(surrogate: Surrogate) -> tuple[int, float] | None:
+    """(kernel id, parameter) of the built-in surrogates the C kernels know."""
+    kinds = {ATan: (0, "alpha"), Sigmoid: (1, "alpha"), FastSigmoid: (2, "slope"), Triangle: (3, "width")}
+    spec = kinds.get(type(surrogate))
+    return None if spec is None else (spec[0], float(getattr(surrogate, spec[1])))
+
+
+def _dense(x: torch.Tensor, constant: bool) -> torch.Tensor:
+    """``x`` if its time slices are dense blocks in contiguous or channels-last order, else a contiguous copy."""
+    if x.is_contiguous():
+        return x
+    sl = x if constant else x[0]
+    cl = sl.dim() == 4 and sl.is_contiguous(memory_format=torch.channels_last)
+    if cl and (constant or x.stride(0) == sl.numel()):
+        return x
+    return x.contiguous()
+
+
+def _like(t: torch.Tensor | None, ref: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+    """``t`` converted to ``dtype`` and laid out exactly like ``ref``."""
+    if t is None:
+        return None
+    if t.dtype == dtype and t.stride() == ref.stride():
+        return t
+    return torch.empty_like(ref, dtype=dtype).copy_(t)
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _choose_native(backend: str, x: torch.Tensor, surrogate: Surrogate):
+    if backend == "torch":
+        return None
+    from spikeforge import _native
+
+    ok = x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and _native_surrogate(surrogate)
+    lib = _native.library() if ok else None
+    if backend == "native" and lib is None:
+        raise RuntimeError(
+            "native LIF kernels requested but unavailable (no C compiler, SPIKEFORGE_NATIVE=0, "
+            f"or unsupported input: dtype {x.dtype}, device {x.device}, surrogate {surrogate!r})"
+        )
+    return lib
+
+
 class _LIFSequence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, beta_t, v0, steps, threshold, reset, decay_input, surrogate, detach_reset):  # type: ignore[override]
+    def forward(ctx, x, beta_t, v0, steps, threshold, reset, decay_input, surrogate, detach_reset, backend):  # type: ignore[override]
         beta = float(beta_t)
         constant = steps is not None
         T = int(steps) if constant else x.shape[0]
-        x32 = x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
         alpha = 1.0 - beta if decay_input else 1.0
-        ax = x32 * alpha if alpha != 1.0 else x32
-        v = v0.to(ax.dtype).clone() if v0 is not None else torch.zeros_like(ax if constant else ax[0])
-        s, h, v = _forward_loop(ax, T, constant, beta, threshold, v, reset, x.dtype)
-        ctx.save_for_backward(h, x, v0 if v0 is not None else torch.empty(0))
-        ctx.cfg = (beta, T, constant, threshold, reset, decay_input, surrogate, detach_reset, v0 is not None)
+        lib = _choose_native(backend, x, surrogate)
+        if lib is not None:
+            xd = _dense(x, constant)
+            slice_like = xd if constant else xd[0]
+            h = _empty_seq(T, slice_like, torch.float32)
+            s = _empty_seq(T, slice_like, x.dtype)
+            v = torch.empty_like(slice_like, dtype=torch.float32)
+            v0m = _like(v0, v, torch.float32)
+            fn = lib.sf_lif_forward_bf16 if x.dtype == torch.bfloat16 else lib.sf_lif_forward_f32
+            fn(xd.data_ptr(), T, slice_like.numel(), int(constant), beta, alpha, threshold, int(reset == "zero"),
+               _ptr(v0m), h.data_ptr(), s.data_ptr(), v.data_ptr(), torch.get_num_threads())
+            saved_x = xd
+        else:
+            x32 = x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+            ax = x32 * alpha if alpha != 1.0 else x32
+            v = v0.to(ax.dtype).clone() if v0 is not None else torch.zeros_like(ax if constant else ax[0])
+            s, h, v = _forward_loop(ax, T, constant, beta, threshold, v, reset, x.dtype)
+            saved_x, v0m = x, v0
+        ctx.save_for_backward(h, saved_x, v0m if v0m is not None else torch.empty(0))
+        ctx.cfg = (beta, T, constant, threshold, reset, decay_input, surrogate, detach_reset, v0 is not None, lib)
         ctx.mark_non_differentiable(v)
         ctx.set_materialize_grads(False)
         return s, h, v
@@ -98,7 +159,10 @@ class _LIFSequence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_s, grad_h, grad_v):  # type: ignore[override]
         h, x, v0 = ctx.saved_tensors
-        beta, T, constant, th, reset, decay_input, surrogate, detach_reset, has_v0 = ctx.cfg
+        beta, T, constant, th, reset, decay_input, surrogate, detach_reset, has_v0, lib = ctx.cfg
+        need_x, need_beta, need_v0 = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        if lib is not None and not need_v0:
+            return _native_backward(lib, ctx, h, x, v0 if has_v0 else None, grad_s, grad_h, need_beta)
         sg = surrogate.derivative_(h - th)  # f'(H − θ), computed once
         B: torch.Tensor | None = None  # ∂V_t/∂H_t (None: identically 1)
         if reset == "subtract":
@@ -123,7 +187,6 @@ class _LIFSequence(torch.autograd.Function):
                     A[t].addcmul_(B[t], A[t + 1], value=beta)
         dh = A
         alpha = 1.0 - beta if decay_input else 1.0
-        need_x, need_beta, need_v0 = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         gx = None
         if need_x:
             gx = dh.sum(0) if constant else dh
@@ -142,7 +205,23 @@ class _LIFSequence(torch.autograd.Function):
                 total = total - (dh * xs).sum()
             gbeta = total.reshape(())
         gv0 = beta * dh[0] if (need_v0 and has_v0) else None
-        return gx, gbeta, gv0, None, None, None, None, None, None
+        return gx, gbeta, gv0, None, None, None, None, None, None, None
+
+
+def _native_backward(lib, ctx, h, x, v0, grad_s, grad_h, need_beta):
+    beta, T, constant, th, reset, decay_input, surrogate, detach_reset, _, _ = ctx.cfg
+    io = x.dtype
+    gs = _like(grad_s, h, io)
+    gh = _like(grad_h, h, torch.float32)
+    gx = torch.empty_like(h[0] if constant else h, dtype=io)
+    kind, param = _native_surrogate(surrogate)  # type: ignore[misc]
+    gbeta = ctypes.c_double(0.0)
+    fn = lib.sf_lif_backward_bf16 if io == torch.bfloat16 else lib.sf_lif_backward_f32
+    fn(h.data_ptr(), _ptr(gs), _ptr(gh), gx.data_ptr(), T, h[0].numel(), int(constant), beta,
+       1.0 - beta if decay_input else 1.0, th, int(reset == "zero"), int(detach_reset), kind, param,
+       x.data_ptr(), _ptr(v0), int(decay_input), ctypes.byref(gbeta) if need_beta else None, torch.get_num_threads())
+    gb = torch.tensor(gbeta.value, dtype=torch.float64) if need_beta else None
+    return gx, gb, None, None, None, None, None, None, None, None
 
 
 def lif_seq(
@@ -156,6 +235,7 @@ def lif_seq(
     surrogate: Surrogate | None = None,
     detach_reset: bool = False,
     steps: int | None = None,
+    backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """LIF/IF neurons over a sequence, differentiable with a surrogate gradient.
 
@@ -170,6 +250,8 @@ def lif_seq(
         surrogate: the surrogate gradient (ATan(2) when None).
         detach_reset: treat the reset as a constant in the backward pass.
         steps: number of steps for a constant input slice.
+        backend: ``"auto"`` (the compiled kernels of :mod:`spikeforge._native` when
+            available, else PyTorch ops), ``"torch"`` or ``"native"``.
 
     Returns:
         ``(S, H, V)``: spikes ``[T, N, ...]`` (dtype of ``x``), the membrane before reset
@@ -182,8 +264,11 @@ def lif_seq(
         raise ValueError(f"steps must be >= 1, got {steps}")
     if steps is None and x.dim() < 2:
         raise ValueError(f"lif_seq expects [T, N, ...] input, got shape {tuple(x.shape)}")
+    if backend not in ("auto", "torch", "native"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'native', got {backend!r}")
     return _LIFSequence.apply(
-        x, beta_t, v, steps, float(threshold), reset, bool(decay_input), surrogate or ATan(), bool(detach_reset)
+        x, beta_t, v, steps, float(threshold), reset, bool(decay_input), surrogate or ATan(), bool(detach_reset),
+        backend,
     )
 
 
