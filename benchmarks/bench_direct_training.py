@@ -17,7 +17,9 @@ optimizer: forward over T steps, loss, backward, optimizer step.
 
 Throughput is measured in alternating repeats (each contender once per round) and
 reported as medians and as ratios to the fastest peer: these machines are noisy, and
-only ratios measured in one run mean anything. Peak memory: each contender trains
+only ratios measured in one run mean anything. The process keeps freed memory in its
+heap (:func:`spikeforge._native.memory.keep_freed_memory`, as spikeforge's training
+loop does) for every contender alike; ``--no-keep-memory`` turns that off. Peak memory: each contender trains
 in a fresh subprocess and reports the growth of its peak RSS over the RSS before
 training (model, optimizer and data already allocated).
 """
@@ -26,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -116,13 +117,21 @@ def snntorch_csnn() -> tuple[nn.Module, Callable]:
     return net, loss_fn
 
 
-def relu_cnn() -> tuple[nn.Module, Callable]:
+def relu_cnn(bf16: bool = False) -> tuple[nn.Module, Callable]:
     net = nn.Sequential(
         nn.Conv2d(1, C, 3, padding=1, bias=False), nn.BatchNorm2d(C), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(C, C, 3, padding=1, bias=False), nn.BatchNorm2d(C), nn.ReLU(), nn.MaxPool2d(2),
         nn.Flatten(), nn.Linear(C * 49, C * 16, bias=False), nn.ReLU(), nn.Linear(C * 16, 10, bias=False),
     )
-    return net, lambda x, y: F.cross_entropy(net(x), y)
+    if bf16:
+        net.to(memory_format=torch.channels_last)
+
+    def loss_fn(x, y):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = net(x.contiguous(memory_format=torch.channels_last) if bf16 else x)
+        return F.cross_entropy(out.float(), y)
+
+    return net, loss_fn
 
 
 def sf_fc() -> tuple[nn.Module, Callable]:
@@ -185,6 +194,7 @@ CONTENDERS: dict[str, dict[str, Callable[[], tuple[nn.Module, Callable]]]] = {
         "spikingjelly": sj_csnn,
         "snntorch": snntorch_csnn,
         "relu-cnn": relu_cnn,
+        "relu-cnn-bf16": lambda: relu_cnn(True),
     },
     "fc": {"spikeforge": sf_fc, "spikingjelly": sj_fc, "snntorch": snntorch_fc},
 }
@@ -216,20 +226,22 @@ def make_step(net_name: str, name: str, seed: int = 0):
     return step
 
 
-def rss_mb() -> float:
+def status_mb(key: str) -> float:
+    """VmRSS / VmHWM (peak RSS) of this process from /proc; unlike ru_maxrss, VmHWM
+    starts afresh at exec and does not inherit the parent's peak."""
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
 
 def memory_child(net_name: str, name: str, steps: int) -> None:
     step = make_step(net_name, name)
-    before = rss_mb()
+    before = status_mb("VmRSS")
     for _ in range(steps):
         step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = status_mb("VmHWM")
     print(json.dumps({"before_mb": before, "peak_mb": peak, "growth_mb": peak - before}))
 
 
@@ -241,12 +253,19 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=0, help="training steps per timing (default: net-specific)")
     ap.add_argument("--only", nargs="*", default=None, help="subset of contenders")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--no-keep-memory", action="store_true", help="leave glibc's malloc settings alone")
     ap.add_argument("--memory-child", nargs=2, metavar=("NET", "NAME"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.memory_child:
         memory_child(*args.memory_child, steps=3)
         return
+    if not args.no_keep_memory:
+        # Applies to every contender alike (one process): freed buffers stay in the heap,
+        # so no step pays page faults for re-allocating the previous step's activations.
+        from spikeforge._native.memory import keep_freed_memory
+
+        keep_freed_memory()
     names = args.only or list(CONTENDERS[args.net])
     steps = args.steps or {"csnn": 10, "fc": 40}[args.net]
     B = BATCH[args.net]

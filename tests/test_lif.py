@@ -160,3 +160,19 @@ def test_parametric_lif_learns_its_decay():
     s = m(torch.rand(6, 4, 3) + 0.3)
     s.sum().backward()
     assert m.w.grad is not None and m.w.grad != 0
+
+
+@pytest.mark.skipif(not _native_available(), reason="no C compiler")
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+@pytest.mark.parametrize("constant", [False, True])
+def test_converter_if_neuron_native_equals_torch_path(reset, constant, monkeypatch):
+    torch.manual_seed(4)
+    T = 12
+    x = torch.rand(3, 4, 5) if constant else torch.rand(T, 3, 4, 5)
+    kw = dict(threshold=0.7, v_init=0.5, reset=reset, steps=T if constant else None, scale_output=True)
+    s_native, v_native = if_seq(x, **kw)
+    monkeypatch.setenv("SPIKEFORGE_NATIVE", "0")
+    s_torch, v_torch = if_seq(x, **kw)
+    assert s_native.sum() > 0
+    assert torch.equal(s_native, s_torch)
+    torch.testing.assert_close(v_native, v_torch)

@@ -4,116 +4,153 @@
  * reads X once and writes H and S once; the backward pass reads H and dL/dS (and dL/dH)
  * once and writes dL/dX once, running the reverse-time recurrence
  *     dH_t = A_t + beta * B_t * dH_{t+1}
- * in registers. Elements are processed in blocks so the inner loop vectorizes.
- * Built with -ffp-contract=off so H = beta*V + alpha*X rounds like the PyTorch path.
+ * in registers. Elements are processed in blocks so the inner loop vectorizes; every
+ * option is a compile-time constant of an always-inlined block function, so each
+ * combination gets its own branch-free loop. Built with -ffp-contract=off so that
+ * H = beta*V + alpha*X rounds like the PyTorch path.
  *
  * Layout: a sequence is T consecutive slices of n elements (any order inside a slice,
- * the same for every buffer). "bf" variants read/write X, S, dL/dS, dL/dX as bfloat16.
+ * the same for every buffer). The "_bf16" entry points read/write X, S, dL/dS and
+ * dL/dX as bfloat16 (H and V are always float32).
  */
 #include <stdint.h>
 #include <string.h>
 #include <math.h>
 
-#define BS 512
+#define BS 256
+#define INLINE static inline __attribute__((always_inline))
 
-static inline float bf2f(uint16_t b) { uint32_t u = ((uint32_t)b) << 16; float f; memcpy(&f, &u, 4); return f; }
-static inline uint16_t f2bf(float f) {
+INLINE float bf2f(uint16_t b) { uint32_t u = ((uint32_t)b) << 16; float f; memcpy(&f, &u, 4); return f; }
+INLINE uint16_t f2bf(float f) {
     uint32_t u; memcpy(&u, &f, 4);
     u += 0x7FFFu + ((u >> 16) & 1u);
     return (uint16_t)(u >> 16);
 }
+INLINE float ld(const void *p, int64_t i, const int bf) {
+    return bf ? bf2f(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+}
+INLINE void st(void *p, int64_t i, float v, const int bf) {
+    if (bf) ((uint16_t *)p)[i] = f2bf(v); else ((float *)p)[i] = v;
+}
 
 /* surrogate ids: 0 atan(alpha) 1 sigmoid(alpha) 2 fast-sigmoid(slope) 3 triangle(width) */
-static inline float surr(int kind, float p, float u) {
-    switch (kind) {
-    case 0: { float z = 1.5707963267948966f * p * u; return (0.5f * p) / (1.0f + z * z); }
-    case 1: { float s = 1.0f / (1.0f + expf(-p * u)); return p * s * (1.0f - s); }
-    case 2: { float d = 1.0f + p * fabsf(u); return (0.5f * p) / (d * d); }
-    default: { float d = (1.0f - fabsf(u) / p) / p; return d > 0.0f ? d : 0.0f; }
+INLINE float surr(const int kind, float p, float u) {
+    if (kind == 0) { float z = 1.5707963267948966f * p * u; return (0.5f * p) / (1.0f + z * z); }
+    if (kind == 1) { float s = 1.0f / (1.0f + expf(-p * u)); return p * s * (1.0f - s); }
+    if (kind == 2) { float d = 1.0f + p * fabsf(u); return (0.5f * p) / (d * d); }
+    float d = (1.0f - fabsf(u) / p) / p;
+    return d > 0.0f ? d : 0.0f;
+}
+
+INLINE void fwd_block(const void *x, int64_t T, int64_t n, int64_t i0, int64_t m, float beta, float alpha,
+                      float th, const float *v0, float *h, void *s, float *vT, float out_scale,
+                      const int bf, const int constant, int zero_reset) {
+    const float zr = zero_reset ? 1.0f : 0.0f, nzr = 1.0f - zr;
+    float v[BS];
+    for (int64_t j = 0; j < m; j++) v[j] = v0 ? v0[i0 + j] : 0.0f;
+    for (int64_t t = 0; t < T; t++) {
+        const int64_t xo = constant ? i0 : t * n + i0, o = t * n + i0;
+        for (int64_t j = 0; j < m; j++) {
+            float bv = beta * v[j];
+            float ax = alpha * ld(x, xo + j, bf);
+            float hv = bv + ax;
+            float sp = hv >= th ? 1.0f : 0.0f;
+            if (h) h[o + j] = hv;
+            st(s, o + j, sp * out_scale, bf);
+            v[j] = hv - sp * (zr * hv + nzr * th);  /* zero: H(1-S); subtract: H - th*S */
+        }
     }
+    for (int64_t j = 0; j < m; j++) vT[i0 + j] = v[j];
 }
 
-#define LOAD_f32(p, i) ((p)[i])
-#define STORE_f32(p, i, v) ((p)[i] = (v))
-#define LOAD_bf(p, i) bf2f((p)[i])
-#define STORE_bf(p, i, v) ((p)[i] = f2bf(v))
+/* h may be NULL (inference: nothing saved for backward); spikes are stored as S*out_scale. */
+#define FWD_ARGS const void *x, int64_t T, int64_t n, int constant, float beta, float alpha, float th, \
+                 int zero_reset, const float *v0, float *h, void *s, float *vT, float out_scale, int nthreads
+#define FWD_CALL(BF, C, Z) fwd_block(x, T, n, i0, m, beta, alpha, th, v0, h, s, vT, out_scale, BF, C, Z)
 
-#define DEFINE_FORWARD(NAME, T_IO, LOAD, STORE)                                                   \
-void NAME(const T_IO *x, int64_t T, int64_t n, int constant, float beta, float alpha, float th,    \
-          int zero_reset, const float *v0, float *h, T_IO *s, float *vT, int nthreads) {          \
-    int64_t nb = (n + BS - 1) / BS;                                                                \
-    _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                             \
-    for (int64_t b = 0; b < nb; b++) {                                                             \
-        int64_t i0 = b * BS, m = n - i0 < BS ? n - i0 : BS;                                        \
-        float v[BS];                                                                               \
-        for (int64_t j = 0; j < m; j++) v[j] = v0 ? v0[i0 + j] : 0.0f;                             \
-        for (int64_t t = 0; t < T; t++) {                                                          \
-            const int64_t xo = constant ? i0 : t * n + i0, o = t * n + i0;                         \
-            for (int64_t j = 0; j < m; j++) {                                                      \
-                float xv = LOAD(x, xo + j);                                                        \
-                float bv = beta * v[j];                                                            \
-                float ax = alpha * xv;                                                             \
-                float hv = bv + ax;                                                                \
-                float sp = hv >= th ? 1.0f : 0.0f;                                                 \
-                h[o + j] = hv;                                                                     \
-                STORE(s, o + j, sp);                                                               \
-                float r = th * sp;                                                                 \
-                v[j] = zero_reset ? (sp > 0.0f ? 0.0f : hv) : hv - r;                              \
-            }                                                                                      \
-        }                                                                                          \
-        for (int64_t j = 0; j < m; j++) vT[i0 + j] = v[j];                                         \
-    }                                                                                              \
+#define DEFINE_FORWARD(NAME, BF)                                                                 \
+void NAME(FWD_ARGS) {                                                                             \
+    int64_t nb = (n + BS - 1) / BS;                                                               \
+    _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                            \
+    for (int64_t b = 0; b < nb; b++) {                                                            \
+        int64_t i0 = b * BS, m = n - i0 < BS ? n - i0 : BS;                                       \
+        if (constant) FWD_CALL(BF, 1, zero_reset); else FWD_CALL(BF, 0, zero_reset);              \
+    }                                                                                             \
 }
 
-DEFINE_FORWARD(sf_lif_forward_f32, float, LOAD_f32, STORE_f32)
-DEFINE_FORWARD(sf_lif_forward_bf16, uint16_t, LOAD_bf, STORE_bf)
+DEFINE_FORWARD(sf_lif_forward_f32, 0)
+DEFINE_FORWARD(sf_lif_forward_bf16, 1)
 
-/* Backward. gs: dL/dS (may be NULL), gh: dL/dH float (may be NULL), gx: dL/dX output
- * ([n] when constant: summed over time). x and v0 are needed only for the decay
- * gradient (gbeta != NULL): dL/dbeta = sum dH_t * (V_{t-1} - [decay_input] X_t). */
-#define DEFINE_BACKWARD(NAME, T_IO, LOAD, STORE)                                                  \
-void NAME(const float *h, const T_IO *gs, const float *gh, T_IO *gx, int64_t T, int64_t n,          \
-          int constant, float beta, float alpha, float th, int zero_reset, int detach,             \
-          int kind, float p, const T_IO *x, const float *v0, int decay_input, double *gbeta,       \
-          int nthreads) {                                                                          \
-    int64_t nb = (n + BS - 1) / BS;                                                                \
-    double acc = 0.0;                                                                              \
-    _Pragma("omp parallel for num_threads(nthreads) schedule(static) reduction(+:acc)")            \
-    for (int64_t b = 0; b < nb; b++) {                                                             \
-        int64_t i0 = b * BS, m = n - i0 < BS ? n - i0 : BS;                                        \
-        float nxt[BS], sum[BS];                                                                    \
-        for (int64_t j = 0; j < m; j++) { nxt[j] = 0.0f; sum[j] = 0.0f; }                           \
-        for (int64_t t = T - 1; t >= 0; t--) {                                                     \
-            const int64_t o = t * n + i0;                                                          \
-            for (int64_t j = 0; j < m; j++) {                                                      \
-                float hv = h[o + j];                                                               \
-                float sg = surr(kind, p, hv - th);                                                 \
-                float a = (gs ? LOAD(gs, o + j) * sg : 0.0f) + (gh ? gh[o + j] : 0.0f);            \
-                float fired = hv >= th ? 1.0f : 0.0f;                                              \
-                float B = zero_reset ? (detach ? 1.0f - fired : 1.0f - fired - hv * sg)            \
-                                     : (detach ? 1.0f : 1.0f - th * sg);                           \
-                float dh = a + beta * (B * nxt[j]);                                                \
-                nxt[j] = dh;                                                                       \
-                if (constant) sum[j] += dh; else STORE(gx, o + j, alpha * dh);                     \
-            }                                                                                      \
-            if (gbeta) {                                                                           \
-                for (int64_t j = 0; j < m; j++) {                                                  \
-                    float vp;                                                                      \
-                    if (t == 0) vp = v0 ? v0[i0 + j] : 0.0f;                                       \
-                    else {                                                                         \
-                        float hp = h[o - n + j], fp = hp >= th ? 1.0f : 0.0f;                      \
-                        vp = zero_reset ? (fp > 0.0f ? 0.0f : hp) : hp - th * fp;                  \
-                    }                                                                              \
-                    float g = vp;                                                                  \
-                    if (decay_input) g -= LOAD(x, (constant ? i0 : o) + j);                        \
-                    acc += (double)(nxt[j] * g);                                                   \
-                }                                                                                  \
-            }                                                                                      \
-        }                                                                                          \
-        if (constant) for (int64_t j = 0; j < m; j++) STORE(gx, i0 + j, alpha * sum[j]);           \
-    }                                                                                              \
-    if (gbeta) *gbeta = acc;                                                                       \
+/* dL/dH and dL/dX of one block; returns the block's part of dL/dbeta when wanted.
+ * gs (dL/dS) is required (pass zeros when the spikes are unused); gh may be NULL. */
+INLINE double bwd_block(const float *h, const void *gs, const float *gh, void *gx, int64_t T, int64_t n,
+                        int64_t i0, int64_t m, float beta, float alpha, float th, float p, const void *x,
+                        const float *v0, int decay_input, int want_beta,
+                        const int bf, const int constant, int zero_reset, int detach,
+                        const int kind, const int has_gh) {
+    /* B = dV/dH = 1 - zr*S - (1-detach) * f' * (zr*H + (1-zr)*th) */
+    const float zr = zero_reset ? 1.0f : 0.0f, nzr = 1.0f - zr, nd = detach ? 0.0f : 1.0f;
+    float nxt[BS], sum[BS];
+    double acc = 0.0;
+    for (int64_t j = 0; j < m; j++) { nxt[j] = 0.0f; sum[j] = 0.0f; }
+    for (int64_t t = T - 1; t >= 0; t--) {
+        const int64_t o = t * n + i0;
+        for (int64_t j = 0; j < m; j++) {
+            float hv = h[o + j];
+            float sg = surr(kind, p, hv - th);
+            float a = ld(gs, o + j, bf) * sg + (has_gh ? gh[o + j] : 0.0f);
+            float fired = hv >= th ? 1.0f : 0.0f;
+            float B = 1.0f - zr * fired - nd * sg * (zr * hv + nzr * th);
+            float dh = a + beta * (B * nxt[j]);
+            nxt[j] = dh;
+            if (constant) sum[j] += dh; else st(gx, o + j, alpha * dh, bf);
+        }
+        if (want_beta) {
+            for (int64_t j = 0; j < m; j++) {
+                float vp;
+                if (t == 0) vp = v0 ? v0[i0 + j] : 0.0f;
+                else {
+                    float hp = h[o - n + j], fp = hp >= th ? 1.0f : 0.0f;
+                    vp = zero_reset ? (fp > 0.0f ? 0.0f : hp) : hp - th * fp;
+                }
+                float g = vp;
+                if (decay_input) g -= ld(x, (constant ? i0 : o) + j, bf);
+                acc += (double)(nxt[j] * g);
+            }
+        }
+    }
+    if (constant) for (int64_t j = 0; j < m; j++) st(gx, i0 + j, alpha * sum[j], bf);
+    return acc;
 }
 
-DEFINE_BACKWARD(sf_lif_backward_f32, float, LOAD_f32, STORE_f32)
-DEFINE_BACKWARD(sf_lif_backward_bf16, uint16_t, LOAD_bf, STORE_bf)
+#define BWD_CALL(BF, C, K, GH)                                                                   \
+    bwd_block(h, gs, gh, gx, T, n, i0, m, beta, alpha, th, p, x, v0, decay_input, gbeta != 0,   \
+              BF, C, zero_reset, detach, K, GH)
+#define BWD_KIND(BF, C, GH)                                                                      \
+    switch (kind) {                                                                              \
+    case 0: r = BWD_CALL(BF, C, 0, GH); break;                                                  \
+    case 1: r = BWD_CALL(BF, C, 1, GH); break;                                                  \
+    case 2: r = BWD_CALL(BF, C, 2, GH); break;                                                  \
+    default: r = BWD_CALL(BF, C, 3, GH); break;                                                 \
+    }
+
+#define DEFINE_BACKWARD(NAME, BF)                                                                \
+void NAME(const float *h, const void *gs, const float *gh, void *gx, int64_t T, int64_t n,        \
+          int constant, float beta, float alpha, float th, int zero_reset, int detach,            \
+          int kind, float p, const void *x, const float *v0, int decay_input, double *gbeta,      \
+          int nthreads) {                                                                         \
+    int64_t nb = (n + BS - 1) / BS;                                                               \
+    double acc = 0.0;                                                                             \
+    _Pragma("omp parallel for num_threads(nthreads) schedule(static) reduction(+:acc)")           \
+    for (int64_t b = 0; b < nb; b++) {                                                            \
+        int64_t i0 = b * BS, m = n - i0 < BS ? n - i0 : BS;                                       \
+        double r = 0.0;                                                                           \
+        if (constant) { if (gh) { BWD_KIND(BF, 1, 1) } else { BWD_KIND(BF, 1, 0) } }              \
+        else { if (gh) { BWD_KIND(BF, 0, 1) } else { BWD_KIND(BF, 0, 0) } }                       \
+        acc += r;                                                                                 \
+    }                                                                                             \
+    if (gbeta) *gbeta = acc;                                                                      \
+}
+
+DEFINE_BACKWARD(sf_lif_backward_f32, 0)
+DEFINE_BACKWARD(sf_lif_backward_bf16, 1)

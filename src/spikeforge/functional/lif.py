@@ -142,7 +142,7 @@ class _LIFSequence(torch.autograd.Function):
             v0m = _like(v0, v, torch.float32)
             fn = lib.sf_lif_forward_bf16 if x.dtype == torch.bfloat16 else lib.sf_lif_forward_f32
             fn(xd.data_ptr(), T, slice_like.numel(), int(constant), beta, alpha, threshold, int(reset == "zero"),
-               _ptr(v0m), h.data_ptr(), s.data_ptr(), v.data_ptr(), torch.get_num_threads())
+               _ptr(v0m), h.data_ptr(), s.data_ptr(), v.data_ptr(), 1.0, torch.get_num_threads())
             saved_x = xd
         else:
             x32 = x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
@@ -211,7 +211,7 @@ class _LIFSequence(torch.autograd.Function):
 def _native_backward(lib, ctx, h, x, v0, grad_s, grad_h, need_beta):
     beta, T, constant, th, reset, decay_input, surrogate, detach_reset, _, _ = ctx.cfg
     io = x.dtype
-    gs = _like(grad_s, h, io)
+    gs = _like(grad_s, h, io) if grad_s is not None else torch.zeros_like(h, dtype=io)
     gh = _like(grad_h, h, torch.float32)
     gx = torch.empty_like(h[0] if constant else h, dtype=io)
     kind, param = _native_surrogate(surrogate)  # type: ignore[misc]
@@ -332,3 +332,37 @@ def lif_seq_reference(
         ss.append(s)
         hs.append(h)
     return torch.stack(ss), torch.stack(hs), v
+
+
+def if_forward_native(
+    x: torch.Tensor, *, threshold: float, v: torch.Tensor | None, v_init: float, reset: str,
+    steps: int | None, scale_output: bool,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The converter's IF neuron (Γ = 1, scalar θ) on the compiled kernels, or None.
+
+    Same contract as :func:`spikeforge.functional.neuron.if_seq` for that case: returns
+    ``(S or θ·S, V_T)``. Nothing is kept for a backward pass.
+    """
+    if x.requires_grad or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16):
+        return None
+    from spikeforge import _native
+
+    lib = _native.library()
+    if lib is None:
+        return None
+    constant = steps is not None
+    T = int(steps) if constant else x.shape[0]
+    xd = _dense(x, constant)
+    slice_like = xd if constant else xd[0]
+    s = _empty_seq(T, slice_like, x.dtype)
+    vT = torch.empty_like(slice_like, dtype=torch.float32)
+    if v is not None:
+        v0 = _like(v, vT, torch.float32)
+    elif v_init:
+        v0 = torch.full_like(vT, v_init * threshold)
+    else:
+        v0 = None
+    fn = lib.sf_lif_forward_bf16 if x.dtype == torch.bfloat16 else lib.sf_lif_forward_f32
+    fn(xd.data_ptr(), T, slice_like.numel(), int(constant), 1.0, 1.0, threshold, int(reset == "zero"), _ptr(v0),
+       None, s.data_ptr(), vT.data_ptr(), threshold if scale_output else 1.0, torch.get_num_threads())
+    return s, vT
