@@ -65,12 +65,25 @@ def if_step(
 def initial_membrane(
     like: torch.Tensor, threshold: torch.Tensor | float, v_init: float
 ) -> torch.Tensor:
-    """Membrane at t=0: ``v_init · θ`` broadcast to the shape of one time slice."""
+    """Membrane at t=0: ``v_init · θ`` broadcast to the shape of one time slice.
+
+    The membrane has the memory layout of ``like`` (e.g. channels-last).
+    """
     v = torch.zeros_like(like)
     if v_init:
-        v = v + v_init * threshold  # broadcasts a per-channel θ
-        v = v.expand_as(like).contiguous()
+        v.add_(v_init * threshold if isinstance(threshold, torch.Tensor) else v_init * float(threshold))
     return v
+
+
+def _empty_sequence(T: int, like: torch.Tensor) -> torch.Tensor:
+    """Uninitialized ``[T, *like.shape]`` whose slices have the memory layout of ``like``."""
+    if like.dim() == 4 and not like.is_contiguous() and like.is_contiguous(memory_format=torch.channels_last):
+        flat = torch.empty(
+            (T * like.shape[0], *like.shape[1:]), dtype=like.dtype, device=like.device,
+            memory_format=torch.channels_last,
+        )
+        return flat.view(T, *like.shape)
+    return torch.empty((T, *like.shape), dtype=like.dtype, device=like.device)
 
 
 def if_seq(
@@ -104,6 +117,14 @@ def if_seq(
         membrane ``[N, ...]``.
     """
     _check(reset, max_spikes)
+    if max_spikes == 1 and (not isinstance(threshold, torch.Tensor) or threshold.numel() == 1):
+        from spikeforge.functional.lif import if_forward_native
+
+        fast = if_forward_native(
+            x, threshold=float(threshold), v=v, v_init=v_init, reset=reset, steps=steps, scale_output=scale_output
+        )
+        if fast is not None:
+            return fast
     constant = steps is not None
     T = int(steps) if constant else x.shape[0]
     slice_like = x if constant else x[0]
@@ -111,7 +132,7 @@ def if_seq(
         v = initial_membrane(slice_like, threshold, v_init)
     else:
         v = v.clone()
-    out = torch.empty((T, *slice_like.shape), dtype=slice_like.dtype, device=slice_like.device)
+    out = _empty_sequence(T, slice_like)
     th = threshold
     for t in range(T):
         v.add_(x if constant else x[t])
