@@ -91,6 +91,10 @@ class SpikingMaxPool2d(StatefulModule):
         if self.mode == "plain":
             out = self._pool(xs.reshape(K * N, *xs.shape[2:]))
             return out if self.clock is not None else out.view(K, N, *out.shape[1:])
+        if self.mode == "lipool":
+            fast = self._lipool_native(xs)
+            if fast is not None:
+                return fast if self.clock is None else fast.view(K * N, *fast.shape[2:])
         acc = torch.cumsum(xs, dim=0)
         if self.acc is not None:
             acc += self.acc
@@ -109,6 +113,25 @@ class SpikingMaxPool2d(StatefulModule):
         if self.clock is None:
             return out
         return out.reshape(K * N, *out.shape[2:])
+
+    def _lipool_native(self, xs: torch.Tensor) -> torch.Tensor | None:
+        """LIPool on the compiled kernel (kernel = stride, contiguous float32), or None."""
+        if self._tiled is None or xs.dtype != torch.float32 or not xs.is_contiguous() or xs.dim() != 5:
+            return None
+        from spikeforge import _native
+
+        lib = _native.library()
+        if lib is None:
+            return None
+        K, N, C, H, W = xs.shape
+        kh, kw = self._tiled
+        if self.acc is None:
+            self.acc = torch.zeros((N, C, H, W))
+            self.pooled = torch.zeros((N, C, H // kh, W // kw))
+        out = torch.empty((K, N, C, H // kh, W // kw))
+        lib.sf_lipool_f32(xs.data_ptr(), K, N * C, H, W, kh, kw, self.acc.data_ptr(), self.pooled.data_ptr(),
+                          out.data_ptr(), torch.get_num_threads())
+        return out
 
     def _out_shape(self, xs: torch.Tensor) -> tuple[int, ...]:
         with torch.no_grad():

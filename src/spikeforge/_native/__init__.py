@@ -83,6 +83,8 @@ def library() -> ctypes.CDLL | None:
         for name in ("sf_lif_forward_f32", "sf_lif_forward_bf16"):
             getattr(lib, name).argtypes = _FORWARD_ARGS
             getattr(lib, name).restype = None
+        lib.sf_lipool_f32.argtypes = [P, I64, I64, I64, I64, I, I, P, P, P, I]
+        lib.sf_lipool_f32.restype = None
         for name in ("sf_lif_backward_f32", "sf_lif_backward_bf16"):
             getattr(lib, name).argtypes = _BACKWARD_ARGS
             getattr(lib, name).restype = None

@@ -154,3 +154,31 @@ void NAME(const float *h, const void *gs, const float *gh, void *gx, int64_t T, 
 
 DEFINE_BACKWARD(sf_lif_backward_f32, 0)
 DEFINE_BACKWARD(sf_lif_backward_bf16, 1)
+
+/* Lateral-inhibition max-pool over time for kernel = stride = (kh, kw), no padding:
+ * A_t = A_{t-1} + X_t; out_t = MP(A_t) - MP(A_{t-1}). x: [T, planes, H, W] contiguous
+ * float; acc: [planes, H, W] and prev: [planes, Ho, Wo] carry the state between calls;
+ * out: [T, planes, Ho, Wo]. Each plane stays in L1 while it is pooled. */
+void sf_lipool_f32(const float *x, int64_t T, int64_t planes, int64_t H, int64_t W, int kh, int kw,
+                   float *acc, float *prev, float *out, int nthreads) {
+    const int64_t Ho = H / kh, Wo = W / kw, hw = H * W, ohw = Ho * Wo;
+    _Pragma("omp parallel for num_threads(nthreads) schedule(static)")
+    for (int64_t p = 0; p < planes; p++) {
+        float *a = acc + p * hw, *pv = prev + p * ohw;
+        for (int64_t t = 0; t < T; t++) {
+            const float *xp = x + (t * planes + p) * hw;
+            for (int64_t i = 0; i < hw; i++) a[i] += xp[i];
+            float *o = out + (t * planes + p) * ohw;
+            for (int64_t oy = 0; oy < Ho; oy++) {
+                for (int64_t ox = 0; ox < Wo; ox++) {
+                    const float *w = a + oy * kh * W + ox * kw;
+                    float m = w[0];
+                    for (int dy = 0; dy < kh; dy++)
+                        for (int dx = 0; dx < kw; dx++) { float v = w[dy * W + dx]; m = v > m ? v : m; }
+                    o[oy * Wo + ox] = m - pv[oy * Wo + ox];
+                    pv[oy * Wo + ox] = m;
+                }
+            }
+        }
+    }
+}
