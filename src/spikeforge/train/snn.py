@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from spikeforge._native.memory import keep_freed_memory
 from spikeforge.data import iterate_batches
 from spikeforge.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from spikeforge.train.losses import LOSSES
@@ -135,6 +136,7 @@ def fit_snn(
     loads it (it must exist and match ``cfg`` and ``model_config``) and continues.
     """
     cfg.validate()
+    keep_freed_memory()  # reuse activation buffers across steps instead of page-faulting them in
     x_train, y_train = train
     if x_train.shape[0] != y_train.shape[0]:
         raise ValueError(f"{x_train.shape[0]} training images but {y_train.shape[0]} labels")
