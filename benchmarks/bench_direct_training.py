@@ -45,12 +45,12 @@ C = 64
 # --- contenders -----------------------------------------------------------------
 
 
-def sf_csnn(bf16: bool) -> tuple[nn.Module, Callable]:
+def sf_csnn(bf16: bool, channels_last: bool = False) -> tuple[nn.Module, Callable]:
     from spikeforge.models import create_model
     from spikeforge.train.snn import loss_of
 
     model = create_model("csnn", channels=C, T=4)
-    if bf16:
+    if bf16 or channels_last:
         model.to(memory_format=torch.channels_last)
 
     def loss_fn(x, y):
@@ -190,6 +190,7 @@ def snntorch_fc() -> tuple[nn.Module, Callable]:
 CONTENDERS: dict[str, dict[str, Callable[[], tuple[nn.Module, Callable]]]] = {
     "csnn": {
         "spikeforge-fp32": lambda: sf_csnn(False),
+        "spikeforge-fp32-cl": lambda: sf_csnn(False, True),
         "spikeforge-bf16": lambda: sf_csnn(True),
         "spikingjelly": sj_csnn,
         "snntorch": snntorch_csnn,

@@ -111,7 +111,7 @@ def test_experiments_end_to_end(tmp_path, capsys):
     assert main(args) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= m["test_accuracy"] <= 1.0 and len(m["history"]) == 1
-    assert m["training"]["bf16"] is True
+    assert m["training"]["bf16"] is False and m["training"]["channels_last"] is True
     for f in ("curves.png", "predictions.png", "report.md", "checkpoint.pt"):
         assert (out / f).stat().st_size > 0
     assert main(args + ["--resume"]) == 0  # already complete: resumes, trains nothing, rewrites outputs
@@ -123,3 +123,14 @@ def test_experiments_end_to_end(tmp_path, capsys):
     assert (sweep / "sweep_beta.png").exists() and "| 0.9 |" in (sweep / "report.md").read_text()
     assert main(["run", "fc-poisson", "--resume", "--out", str(tmp_path / "none"), "--no-progress"]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_bf16_channels_last_training_runs(tmp_path):
+    """The bfloat16 autocast + channels-last mode trains and predicts like the float32 one."""
+    train = _data(64)
+    torch.manual_seed(0)
+    model = create_model("csnn", channels=4, T=2)
+    hist = fit_snn(model, train, train, _cfg(epochs=1, bf16=True, channels_last=True, loss="mse-rate", lr=0.05,
+                                             optimizer="sgd"), progress=False)
+    assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert 0.0 <= hist[0]["test_accuracy"] <= 1.0 and hist[0]["train_loss"] > 0
