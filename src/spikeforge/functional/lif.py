@@ -32,6 +32,7 @@ from typing import Literal
 
 import torch
 
+from spikeforge.functional.neuron import empty_sequence
 from spikeforge.surrogate import ATan, FastSigmoid, Sigmoid, Surrogate, Triangle
 
 Reset = Literal["subtract", "zero"]
@@ -48,22 +49,14 @@ def check_lif(beta: float, threshold: float, reset: str, decay_input: bool) -> N
         raise ValueError(f"threshold must be > 0, got {threshold}")
 
 
-def _empty_seq(T: int, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialized ``[T, *like.shape]`` buffer that keeps a channels-last layout."""
-    if like.dim() == 4 and not like.is_contiguous() and like.is_contiguous(memory_format=torch.channels_last):
-        flat = torch.empty((T * like.shape[0], *like.shape[1:]), dtype=dtype, memory_format=torch.channels_last)
-        return flat.view(T, *like.shape)
-    return torch.empty((T, *like.shape), dtype=dtype)
-
-
 def _forward_loop(
     ax: torch.Tensor, T: int, constant: bool, beta: float, threshold: float, v: torch.Tensor,
     reset: str, out_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The time loop: returns (spikes [T, ...] in out_dtype, H [T, ...] float32, V_T)."""
     slice_like = ax if constant else ax[0]
-    h = _empty_seq(T, slice_like, ax.dtype)
-    s = _empty_seq(T, slice_like, out_dtype)
+    h = empty_sequence(T, slice_like, ax.dtype)
+    s = empty_sequence(T, slice_like, out_dtype)
     for t in range(T):
         ht, st = h[t], s[t]
         xt = ax if constant else ax[t]
@@ -136,8 +129,8 @@ class _LIFSequence(torch.autograd.Function):
         if lib is not None:
             xd = _dense(x, constant)
             slice_like = xd if constant else xd[0]
-            h = _empty_seq(T, slice_like, torch.float32)
-            s = _empty_seq(T, slice_like, x.dtype)
+            h = empty_sequence(T, slice_like, torch.float32)
+            s = empty_sequence(T, slice_like, x.dtype)
             v = torch.empty_like(slice_like, dtype=torch.float32)
             v0m = _like(v0, v, torch.float32)
             fn = lib.sf_lif_forward_bf16 if x.dtype == torch.bfloat16 else lib.sf_lif_forward_f32
@@ -354,7 +347,7 @@ def if_forward_native(
     T = int(steps) if constant else x.shape[0]
     xd = _dense(x, constant)
     slice_like = xd if constant else xd[0]
-    s = _empty_seq(T, slice_like, x.dtype)
+    s = empty_sequence(T, slice_like, x.dtype)
     vT = torch.empty_like(slice_like, dtype=torch.float32)
     if v is not None:
         v0 = _like(v, vT, torch.float32)

@@ -75,15 +75,17 @@ def initial_membrane(
     return v
 
 
-def _empty_sequence(T: int, like: torch.Tensor) -> torch.Tensor:
-    """Uninitialized ``[T, *like.shape]`` whose slices have the memory layout of ``like``."""
+def empty_sequence(T: int, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Uninitialized ``[T, *like.shape]`` whose slices have the memory layout of ``like``
+    (contiguous or channels-last), in ``dtype`` (default: ``like``'s)."""
+    dtype = dtype or like.dtype
     if like.dim() == 4 and not like.is_contiguous() and like.is_contiguous(memory_format=torch.channels_last):
         flat = torch.empty(
-            (T * like.shape[0], *like.shape[1:]), dtype=like.dtype, device=like.device,
+            (T * like.shape[0], *like.shape[1:]), dtype=dtype, device=like.device,
             memory_format=torch.channels_last,
         )
         return flat.view(T, *like.shape)
-    return torch.empty((T, *like.shape), dtype=like.dtype, device=like.device)
+    return torch.empty((T, *like.shape), dtype=dtype, device=like.device)
 
 
 def if_seq(
@@ -132,7 +134,7 @@ def if_seq(
         v = initial_membrane(slice_like, threshold, v_init)
     else:
         v = v.clone()
-    out = _empty_sequence(T, slice_like)
+    out = empty_sequence(T, slice_like)
     th = threshold
     for t in range(T):
         v.add_(x if constant else x[t])
