@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import fx, nn
@@ -64,7 +64,10 @@ class SpikingModel(nn.Module):
 
     State is reset at the start of every call. Steps run in chunks: within a chunk,
     stateless layers process all its steps as one ``[K·N, ...]`` batch and each
-    neuron loops over K; chunks are sized to ``mem_budget_mb``.
+    neuron loops over K; chunks are sized to ``mem_budget_mb`` for the actual input
+    size (which may differ from the calibration inputs, e.g. full slices after
+    calibration on patches). :meth:`stream` yields the chunks one by one, so a long
+    run never holds all T outputs.
     """
 
     def __init__(
@@ -75,9 +78,11 @@ class SpikingModel(nn.Module):
         options: dict[str, Any],
         *,
         output_static: bool = False,
+        input_numel: int = 0,
     ) -> None:
         super().__init__()
         self.output_static = output_static
+        self.input_numel = int(input_numel)  # elements of one calibration input sample
         self.graph_module = graph
         self.clock = clock
         self.sites = sites
@@ -86,6 +91,9 @@ class SpikingModel(nn.Module):
         for m in self._stateful:
             m.clock = clock
         self.bytes_per_sample_step = 4 * max([math.prod(s.sample_shape) for s in sites] or [1]) * 4
+        self.channels_last = bool(options.get("channels_last", False))
+        if self.channels_last:
+            graph.to(memory_format=torch.channels_last)  # 4-D conv weights; others unchanged
 
     def reset_state(self) -> None:
         """Clear every neuron's membrane and every pool's running sums."""
@@ -99,9 +107,17 @@ class SpikingModel(nn.Module):
         """Spikes per neuron per step of each neuron layer since the last reset."""
         return {n: m.firing_rate for n, m in self.neurons().items()}
 
-    def chunk_size(self, T: int, N: int) -> int:
+    def chunk_size(self, T: int, N: int, sample_numel: int | None = None) -> int:
+        """Steps per chunk so that one chunk's activations fit ``mem_budget_mb``.
+
+        ``sample_numel`` (elements of one input sample) scales the per-step activation
+        size measured at calibration when inputs are larger or smaller than then.
+        """
         budget = float(self.options.get("mem_budget_mb", 512)) * 2**20
-        return max(1, min(T, int(budget // max(1, N * self.bytes_per_sample_step))))
+        per_step = float(self.bytes_per_sample_step)
+        if sample_numel and self.input_numel:
+            per_step *= sample_numel / self.input_numel
+        return max(1, min(T, int(budget // max(1.0, N * per_step))))
 
     @torch.no_grad()
     def forward(
@@ -113,6 +129,24 @@ class SpikingModel(nn.Module):
         chunk: int | None = None,
         record: bool = True,
     ) -> torch.Tensor:
+        """Per-step outputs ``[T, N, ...]`` (all chunks of :meth:`stream` concatenated)."""
+        return torch.cat(list(self.stream(x, T, sequence=sequence, chunk=chunk, record=record)), dim=0)
+
+    @torch.no_grad()
+    def stream(
+        self,
+        x: torch.Tensor,
+        T: int | None = None,
+        *,
+        sequence: bool = False,
+        chunk: int | None = None,
+        record: bool = True,
+    ) -> Iterator[torch.Tensor]:
+        """Run ``T`` steps and yield the outputs chunk by chunk, each ``[k, N, ...]``.
+
+        Memory stays bounded by one chunk whatever T is; state is reset first, so the
+        run must be consumed in order (a new call starts a new run).
+        """
         if sequence:
             if x.dim() < 2:
                 raise ValueError(f"a sequence input must be [T, N, ...], got shape {tuple(x.shape)}")
@@ -126,21 +160,22 @@ class SpikingModel(nn.Module):
             N = x.shape[0]
         if not torch.isfinite(x).all():
             raise ValueError("input contains NaN or infinite values")
-        K = chunk or self.chunk_size(T, N)
+        sample_numel = math.prod(x.shape[2:] if sequence else x.shape[1:])
+        K = chunk or self.chunk_size(T, N, sample_numel)
         self.reset_state()
         self.clock.batch, self.clock.record, self.clock.input_static = N, record, not sequence
-        outs = []
         for t0 in range(0, T, K):
             k = min(K, T - t0)
             self.clock.steps = k
             inp = x[t0 : t0 + k].reshape(k * N, *x.shape[2:]) if sequence else x
+            if self.channels_last and inp.dim() == 4:
+                inp = inp.contiguous(memory_format=torch.channels_last)
             y = self.graph_module(inp)
             if not isinstance(y, torch.Tensor):
                 raise ConversionError("SpikingModel supports models with a single tensor output")
             if self.output_static and not sequence:
                 y = self.clock.expand(y)
-            outs.append(y.view(k, N, *y.shape[1:]))
-        return torch.cat(outs, dim=0)
+            yield y.reshape(k, N, *y.shape[1:])
 
 
 def _calibration_batches(data: Any, batch_size: int, max_batches: int | None) -> Iterable[torch.Tensor]:
@@ -180,6 +215,7 @@ def convert(
     batch_size: int = 256,
     max_batches: int | None = 32,
     mem_budget_mb: float = 512,
+    channels_last: bool = False,
     seed: int = 0,
 ) -> SpikingModel:
     """Convert a trained ANN into a :class:`SpikingModel` of integrate-and-fire neurons.
@@ -197,6 +233,8 @@ def convert(
         maxpool: ``"lipool"``, ``"gated"`` or ``"plain"`` spiking max-pool.
         max_batches: most calibration batches to use (None = all).
         mem_budget_mb: activation memory one chunk of time steps may use.
+        channels_last: run 4-D activations in the channels-last layout (several times
+            faster convolutions on CPU for the few channels of segmentation nets).
     """
     if maxpool not in POOL_MODES:
         raise ValueError(f"maxpool must be one of {POOL_MODES}, got {maxpool!r}")
@@ -261,9 +299,11 @@ def convert(
         raise ConversionError("the model has no ReLU to turn into spiking neurons")
 
     # Calibration: run the ANN (now with recorders) over several batches.
+    input_numel = 0
     with torch.no_grad():
         for xb in _calibration_batches(calibration_data, batch_size, max_batches):
             gm(xb)
+            input_numel = max(input_numel, math.prod(xb.shape[1:]))
 
     sites: list[SiteInfo] = []
     for name, rec in recorders.items():
@@ -290,9 +330,9 @@ def convert(
     output_static = all(n in static for n in next(n for n in gm.graph.nodes if n.op == "output").all_input_nodes)
     options = dict(
         percentile=percentile, per_channel=per_channel, reset=reset, max_spikes=max_spikes,
-        v_init=v_init, maxpool=maxpool, mem_budget_mb=mem_budget_mb,
+        v_init=v_init, maxpool=maxpool, mem_budget_mb=mem_budget_mb, channels_last=channels_last,
     )
-    return SpikingModel(gm, Clock(), sites, options, output_static=output_static)
+    return SpikingModel(gm, Clock(), sites, options, output_static=output_static, input_numel=input_numel)
 
 
 def _static_nodes(gm: fx.GraphModule) -> set[fx.Node]:
