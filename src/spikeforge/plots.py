@@ -110,3 +110,47 @@ def plot_curves(curves: Mapping[str, Sequence[float]], path: str | Path, *, xlab
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     return save_figure(fig, path, dpi=120, bbox_inches="tight")
+
+
+def plot_metrics_vs_steps(
+    curves: Mapping[str, Mapping[int, float]],
+    path: str | Path,
+    *,
+    references: Mapping[str, float] | None = None,
+    title: str,
+    ylabel: str = "score",
+) -> Path:
+    """Metrics measured at selected time steps (``{label: {T: value}}``), log2 T axis.
+
+    ``references`` are drawn as dashed horizontal lines (e.g. the ANN's scores).
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, (label, pts) in enumerate(curves.items()):
+        ts = sorted(pts)
+        ax.plot(ts, [pts[t] for t in ts], marker="o", ms=4, lw=1.6, label=label, color=colors[k % len(colors)])
+    for k, (label, value) in enumerate((references or {}).items()):
+        ax.axhline(value, ls="--", lw=1, color=colors[k % len(colors)], label=f"{label} ({value:.4f})")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("time steps T")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="lower right", fontsize=8)
+    return save_figure(fig, path, dpi=120, bbox_inches="tight")
+
+
+def plot_segmentation_panels(panels: Mapping[str, object], path: str | Path, *, title: str = "") -> Path:
+    """Images side by side (e.g. raw, label, ANN, SNN), each ``[H, W]`` in gray."""
+    n = len(panels)
+    first = next(iter(panels.values()))
+    h, w = first.shape[-2], first.shape[-1]  # type: ignore[attr-defined]
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.2 * h / w + 0.5))
+    for ax, (label, img) in zip(axes if n > 1 else [axes], panels.items()):
+        ax.imshow(img, cmap="gray", interpolation="nearest", vmin=0, vmax=1)
+        ax.set_title(label, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path, dpi=150, bbox_inches="tight")

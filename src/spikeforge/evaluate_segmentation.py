@@ -1,0 +1,178 @@
+"""Evaluate segmentation networks, ANN and converted SNN, on whole slices.
+
+Both run over the same overlapping tiles (:func:`~spikeforge.data.segmentation.tiled_predict`).
+The SNN's prediction after ``t`` steps is the running mean of its analog output
+logits, ``z̄_t = (1/t) Σ_{s≤t} z_s``, passed through the sigmoid once
+(``σ(z̄_t) > 0.5 ⇔ z̄_t > 0``). The SNN is run as a stream over time
+(:meth:`~spikeforge.convert.SpikingModel.stream`), so memory does not grow with T:
+only the running sum and the means at the requested steps are kept.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from spikeforge.convert import SpikingModel
+from spikeforge.data.segmentation import SegmentationSet, tiled_predict
+from spikeforge.metrics.segmentation import SegmentationScores
+
+__all__ = [
+    "SpikeCounter",
+    "evaluate_ann_segmentation",
+    "evaluate_snn_segmentation",
+    "power_of_two_steps",
+    "snn_mean_logits",
+]
+
+
+def power_of_two_steps(T: int) -> list[int]:
+    """``[1, 2, 4, ..., T]`` (T itself is included when it is not a power of two)."""
+    if T < 1:
+        raise ValueError(f"T must be >= 1, got {T}")
+    steps, t = [], 1
+    while t < T:
+        steps.append(t)
+        t *= 2
+    steps.append(T)
+    return steps
+
+
+class SpikeCounter:
+    """Sums spike counts and neuron-steps of an SNN's neurons over several runs."""
+
+    def __init__(self) -> None:
+        self.spikes: dict[str, float] = {}
+        self.steps: dict[str, int] = {}
+
+    def add(self, snn: SpikingModel) -> None:
+        for name, neuron in snn.neurons().items():
+            self.spikes[name] = self.spikes.get(name, 0.0) + neuron.spike_count
+            self.steps[name] = self.steps.get(name, 0) + neuron.neuron_steps
+
+    def rates(self) -> dict[str, float]:
+        """Spikes per neuron per step of each layer."""
+        return {k: self.spikes[k] / self.steps[k] if self.steps[k] else 0.0 for k in self.spikes}
+
+
+@torch.no_grad()
+def snn_mean_logits(
+    snn: SpikingModel,
+    x: torch.Tensor,
+    steps: Sequence[int],
+    *,
+    counter: SpikeCounter | None = None,
+    chunk: int | None = None,
+) -> torch.Tensor:
+    """Mean output over the first ``t`` steps for each ``t`` in ``steps``: ``[len(steps), N, ...]``.
+
+    One run of ``max(steps)`` steps; spike counts are recorded (and added to
+    ``counter``) only when a counter is given.
+    """
+    wanted = sorted(set(int(t) for t in steps))
+    if not wanted or wanted[0] < 1:
+        raise ValueError(f"steps must be positive, got {list(steps)}")
+    index = {t: i for i, t in enumerate(wanted)}
+    total: torch.Tensor | None = None
+    out: torch.Tensor | None = None
+    t = 0
+    for y in snn.stream(x, wanted[-1], chunk=chunk, record=counter is not None):
+        for k in range(y.shape[0]):
+            t += 1
+            total = y[k].clone() if total is None else total.add_(y[k])
+            if t in index:
+                if out is None:
+                    out = total.new_empty((len(wanted), *total.shape))
+                torch.div(total, t, out=out[index[t]])
+    if counter is not None:
+        counter.add(snn)
+    assert out is not None
+    order = [index[int(s)] for s in steps]
+    return out[order] if order != list(range(len(wanted))) else out
+
+
+def _ann_fn(model: nn.Module, channels_last: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    def run(x: torch.Tensor) -> torch.Tensor:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return model(x).contiguous()
+
+    return run
+
+
+@torch.no_grad()
+def evaluate_ann_segmentation(
+    model: nn.Module,
+    data: SegmentationSet,
+    indices: Sequence[int],
+    *,
+    tile: int = 512,
+    overlap: int = 32,
+    multiple: int = 1,
+    channels_last: bool = False,
+    on_slice: Callable[[int, torch.Tensor], None] | None = None,
+) -> tuple[dict[str, float], float]:
+    """Metrics of ``model`` on slices ``indices``; returns ``(scores, seconds)``.
+
+    ``on_slice(i, logits [1, 1, H, W])`` is called for every slice.
+    """
+    model.eval()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    fn = _ann_fn(model, channels_last)
+    scores = SegmentationScores()
+    seconds = 0.0
+    for i in indices:
+        x = data.image(i)
+        t0 = time.perf_counter()
+        logits = tiled_predict(fn, x, tile=tile, overlap=overlap, multiple=multiple)
+        seconds += time.perf_counter() - t0
+        scores.add(logits, data.mask(i))
+        if on_slice is not None:
+            on_slice(i, logits)
+    return scores.result(), seconds
+
+
+@torch.no_grad()
+def evaluate_snn_segmentation(
+    snn: SpikingModel,
+    data: SegmentationSet,
+    indices: Sequence[int],
+    steps: Sequence[int],
+    *,
+    tile: int = 512,
+    overlap: int = 32,
+    multiple: int = 1,
+    counter: SpikeCounter | None = None,
+    count_slices: int | None = None,
+    on_slice: Callable[[int, torch.Tensor], None] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[dict[int, dict[str, float]], float]:
+    """Metrics of the SNN after each of ``steps`` on slices ``indices``.
+
+    Returns ``({t: scores}, seconds)``. Spikes are counted into ``counter`` on the
+    first ``count_slices`` slices (all when None; counting costs time).
+    ``on_slice(i, mean_logits [S, 1, 1, H, W])`` is called for every slice.
+    """
+    scores = {int(t): SegmentationScores() for t in steps}
+    seconds = 0.0
+    for n, i in enumerate(indices):
+        x = data.image(i)
+        t0 = time.perf_counter()
+        count = counter if count_slices is None or n < count_slices else None
+        logits = tiled_predict(
+            lambda w: snn_mean_logits(snn, w, steps, counter=count), x,
+            tile=tile, overlap=overlap, multiple=multiple,
+        )
+        seconds += time.perf_counter() - t0
+        mask = data.mask(i)
+        for j, t in enumerate(steps):
+            scores[int(t)].add(logits[j], mask)
+        if on_slice is not None:
+            on_slice(i, logits)
+        if progress is not None:
+            progress(f"SNN slice {n + 1}/{len(indices)}: {time.perf_counter() - t0:.1f} s")
+    return {t: s.result() for t, s in scores.items()}, seconds
