@@ -147,7 +147,8 @@ def user_cache_dir() -> Path:
     return base / "spikeforge"
 
 
-def _base_dirs(name: str, data_dir: Optional[PathArg]) -> list[Path]:
+def user_data_dirs(data_dir: Optional[PathArg] = None) -> list[Path]:
+    """The look-up order every dataset shares: ``data_dir``, ``$SPIKEFORGE_DATA``, the user cache."""
     bases: list[Path] = []
     if data_dir is not None:
         bases.append(Path(data_dir).expanduser())
@@ -155,6 +156,11 @@ def _base_dirs(name: str, data_dir: Optional[PathArg]) -> list[Path]:
     if env:
         bases.append(Path(env).expanduser())
     bases.append(user_cache_dir())
+    return bases
+
+
+def _base_dirs(name: str, data_dir: Optional[PathArg]) -> list[Path]:
+    bases = user_data_dirs(data_dir)
     if name == "fashion-mnist":
         bases.append(DEBIAN_FASHION_MNIST_DIR)
     return bases

@@ -28,7 +28,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from spikeforge.data.datasets import user_cache_dir
+from spikeforge.data.datasets import user_data_dirs
 from spikeforge.data.errors import DataError, DataFileNotFoundError
 from spikeforge.data.segmentation import SegmentationSet
 
@@ -144,15 +144,8 @@ def read_image_file(path: PathArg, kind: str = "image") -> np.ndarray:
 
 
 def _candidate_roots(data_dir: Optional[PathArg]) -> list[Path]:
-    bases: list[Path] = []
-    if data_dir is not None:
-        bases.append(Path(data_dir).expanduser())
-    env = os.environ.get("SPIKEFORGE_DATA", "")
-    if env:
-        bases.append(Path(env).expanduser())
-    bases.append(user_cache_dir())
     roots: list[Path] = []
-    for base in bases:
+    for base in user_data_dirs(data_dir):
         for d in (base, base / "lucchi", base / "Lucchi"):
             if d not in roots:
                 roots.append(d)
