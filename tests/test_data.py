@@ -350,12 +350,12 @@ def test_download_network_failure_explains_fix(tmp_path, monkeypatch):
 
 def test_unknown_name_and_bad_split(tmp_path):
     with pytest.raises(DataError) as info:
-        load_dataset("cifar10")
+        load_dataset("cifar100")
     for name in DATASETS:
         assert name in str(info.value)
     with pytest.raises(DataError, match="split"):
         load_dataset("mnist", "validation", data_dir=tmp_path, download=False)
-    assert dataset_names() == DATASETS == ("mnist-sample", "mnist", "fashion-mnist")
+    assert dataset_names() == DATASETS == ("mnist-sample", "mnist", "fashion-mnist", "cifar10")
 
 
 # --------------------------------------------------------------------------- mnist-sample

@@ -1,4 +1,4 @@
-"""Datasets for spikeforge: IDX reading, MNIST / Fashion-MNIST loading, batching.
+"""Datasets for spikeforge: IDX reading, MNIST / Fashion-MNIST / CIFAR-10 loading, batching.
 
 Public API::
 
@@ -13,6 +13,18 @@ names the file or directories concerned.
 """
 
 from .batching import iterate_batches, num_batches
+from .cifar import (
+    CIFAR10_CLASSES,
+    RestrictedUnpickler,
+    UnsafePickleError,
+    cifar10_search_dirs,
+    download_cifar10,
+    find_cifar10_files,
+    load_cifar10,
+    read_cifar_binary,
+    read_cifar_python,
+    safe_load_pickle,
+)
 from .datasets import (
     CLASS_NAMES,
     DATASETS,
@@ -28,6 +40,7 @@ from .errors import DataError, DataFileNotFoundError, DownloadError
 from .idx import load_idx_pair, read_idx, write_idx
 
 __all__ = [
+    "CIFAR10_CLASSES",
     "CLASS_NAMES",
     "DATASETS",
     "SPLITS",
@@ -35,13 +48,22 @@ __all__ = [
     "DataFileNotFoundError",
     "DownloadError",
     "ImageSet",
+    "RestrictedUnpickler",
+    "UnsafePickleError",
+    "cifar10_search_dirs",
     "dataset_names",
+    "download_cifar10",
+    "find_cifar10_files",
     "find_idx_files",
     "iterate_batches",
+    "load_cifar10",
     "load_dataset",
     "load_idx_pair",
     "num_batches",
+    "read_cifar_binary",
+    "read_cifar_python",
     "read_idx",
+    "safe_load_pickle",
     "search_dirs",
     "user_cache_dir",
     "write_idx",

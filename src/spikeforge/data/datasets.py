@@ -1,4 +1,4 @@
-"""Image-classification datasets: ``mnist-sample``, ``mnist`` and ``fashion-mnist``.
+"""Image-classification datasets: ``mnist-sample``, ``mnist``, ``fashion-mnist`` and ``cifar10``.
 
 For ``mnist`` and ``fashion-mnist`` the standard four IDX files are looked up in
 these base directories, in order:
@@ -13,6 +13,9 @@ dataset (``mnist/``, ``fashion-mnist/``; the torchvision layouts ``MNIST/raw/`` 
 ``FashionMNIST/raw/`` are accepted too), each gzipped or not.  When they are not
 found and ``download=True``, the official files are downloaded into
 ``<user cache>/<dataset>/`` and verified.
+
+``cifar10`` (official binary or python version, looked up in the same base
+directories) is read by :mod:`spikeforge.data.cifar`.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ __all__ = [
     "load_dataset",
 ]
 
-DATASETS: tuple[str, ...] = ("mnist-sample", "mnist", "fashion-mnist")
+DATASETS: tuple[str, ...] = ("mnist-sample", "mnist", "fashion-mnist", "cifar10")
 SPLITS: tuple[str, ...] = ("train", "test")
 
 _DIGITS = [str(d) for d in range(10)]
@@ -52,11 +55,19 @@ _FASHION = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]
+_CIFAR10 = [
+    "airplane", "automobile", "bird", "cat", "deer",
+    "dog", "frog", "horse", "ship", "truck",
+]
 CLASS_NAMES: dict[str, list[str]] = {
     "mnist-sample": _DIGITS,
     "mnist": _DIGITS,
     "fashion-mnist": _FASHION,
+    "cifar10": _CIFAR10,
 }
+
+#: Other spellings accepted by :func:`load_dataset` (after lower-casing and ``_`` -> ``-``).
+_ALIASES: dict[str, str] = {"cifar-10": "cifar10"}
 
 #: Where Debian's ``dataset-fashion-mnist`` package installs the official files.
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -82,7 +93,8 @@ class ImageSet:
     """An in-memory labelled image set.
 
     Attributes:
-        images: ``uint8`` tensor ``[N, 1, H, W]`` with pixel values ``0..255``.
+        images: ``uint8`` tensor ``[N, C, H, W]`` with pixel values ``0..255``
+            (``C`` = 1 for the MNIST sets, 3 (R, G, B) for ``cifar10``).
         labels: ``int64`` tensor ``[N]`` of class indices.
         name: Dataset name plus split, e.g. ``"mnist/train"``.
         classes: Human-readable class names, indexed by label.
@@ -135,6 +147,7 @@ def _canonical_name(name: str) -> str:
     if not isinstance(name, str):
         raise DataError(f"dataset name must be a string, got {type(name).__name__}")
     canonical = name.strip().lower().replace("_", "-")
+    canonical = _ALIASES.get(canonical, canonical)
     if canonical not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
     return canonical
@@ -167,8 +180,16 @@ def _base_dirs(name: str, data_dir: Optional[PathArg]) -> list[Path]:
 
 
 def search_dirs(name: str, data_dir: Optional[PathArg] = None) -> list[Path]:
-    """All directories searched for ``name``'s files, in look-up order."""
+    """All directories searched for ``name``'s files, in look-up order.
+
+    For ``cifar10`` these are the ``cifar-10-batches-bin`` / ``cifar-10-batches-py``
+    folders of :func:`spikeforge.data.cifar.cifar10_search_dirs`.
+    """
     canonical = _canonical_name(name)
+    if canonical == "cifar10":
+        from .cifar import cifar10_search_dirs
+
+        return cifar10_search_dirs(data_dir)
     found: list[Path] = []
     for base in _base_dirs(canonical, data_dir):
         for directory in (base, *(base / sub for sub in _SUBDIRS[canonical])):
@@ -186,6 +207,8 @@ def _find_file(directory: Path, stem: str) -> Optional[Path]:
 
 def find_idx_files(name: str, split: str, data_dir: Optional[PathArg] = None) -> Optional[tuple[Path, Path]]:
     """Return ``(images_path, labels_path)`` of the first directory holding both, else None."""
+    if _canonical_name(name) == "cifar10":
+        raise DataError(f"{name!r} is not stored as IDX files (see load_dataset)")
     stems = _SPLIT_FILES[_check_split(split)]
     for directory in search_dirs(name, data_dir):
         images = _find_file(directory, stems[0])
@@ -263,13 +286,14 @@ def load_dataset(
         name: One of :data:`DATASETS` (case-insensitive, ``_`` accepted for ``-``).
         split: ``"train"`` or ``"test"``.
         data_dir: Directory searched first (see the module docstring).
-        download: For ``mnist``/``fashion-mnist``, download the official files
-            into the user cache when they are not found locally.
+        download: For ``mnist``/``fashion-mnist``/``cifar10``, download the
+            official files into the user cache when they are not found locally.
 
     Returns:
-        ``uint8`` images ``[N, 1, H, W]``, ``int64`` labels ``[N]``; the tensors
-        are fresh copies that the caller may modify.  ``mnist-sample`` gives a
-        fixed stratified split of 4,000 train / 1,000 test images.
+        ``uint8`` images ``[N, 1, H, W]`` (``[N, 3, 32, 32]`` for ``cifar10``),
+        ``int64`` labels ``[N]``; the tensors are fresh copies that the caller
+        may modify.  ``mnist-sample`` gives a fixed stratified split of 4,000
+        train / 1,000 test images.
 
     Raises:
         DataError: unknown name or split, missing or invalid files, failed
@@ -277,6 +301,10 @@ def load_dataset(
     """
     canonical = _canonical_name(name)
     _check_split(split)
+    if canonical == "cifar10":
+        from .cifar import load_cifar10  # imported here: cifar imports this module
+
+        return load_cifar10(split, data_dir=data_dir, download=download)
     if canonical == "mnist-sample":
         bases = _base_dirs(canonical, data_dir)
         images, labels = load_sample_split(split, bases)
