@@ -134,3 +134,26 @@ def test_bf16_channels_last_training_runs(tmp_path):
                                              optimizer="sgd"), progress=False)
     assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     assert 0.0 <= hist[0]["test_accuracy"] <= 1.0 and hist[0]["train_loss"] > 0
+
+
+def test_fc_lif_dropout_silences_whole_neurons_only_in_training():
+    from spikeforge.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("fc-lif", hidden=64, T=6, dropout=0.5)
+    seen = {}
+    model.lif1.register_forward_hook(lambda m, i, o: seen.__setitem__("s1", o))
+    model.fc2.register_forward_hook(lambda m, i, o: seen.__setitem__("in2", i[0]))
+    x = torch.rand(4, 784) * 3
+    model.train()
+    model(x, generator=torch.Generator().manual_seed(1))
+    s1, in2 = seen["s1"], seen["in2"]
+    dropped = (in2 == 0).all(0) & (s1 > 0).any(0)  # fired but never reached fc2
+    kept = (in2 != 0).any(0)
+    assert dropped.any() and kept.any()
+    assert torch.allclose(in2[:, kept], 2 * s1[:, kept])  # survivors scaled by 1/(1-p)
+    model.eval()
+    model(x)
+    assert torch.equal(seen["in2"], seen["s1"])
+    with pytest.raises(ValueError, match="dropout"):
+        create_model("fc-lif", dropout=1.0)

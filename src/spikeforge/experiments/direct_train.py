@@ -80,9 +80,14 @@ def _adder(name: str):
         p.add_argument("--no-progress", action="store_true")
         p.add_argument("--surrogate", choices=("atan", "sigmoid", "fast-sigmoid", "triangle"), default=None)
         p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (spikes are exact in bf16)")
+        p.add_argument("--augment", action="store_true",
+                       help="random horizontal flip and shift (--augment-shift pixels) of the training images")
+        p.add_argument("--augment-shift", type=int, default=2, help="largest shift of --augment, pixels (0 = flip only)")
+        p.add_argument("--weight-decay", type=float, default=0.0)
         if name == "fc-lif":
             p.add_argument("--beta", type=float, default=0.95)
             p.add_argument("--hidden", type=positive_int, default=500)
+            p.add_argument("--dropout", type=float, default=0.0, help="dropout of hidden neurons (whole sequence)")
             p.add_argument("--sweep", action="store_true", help="train the grid --betas x --hiddens")
             p.add_argument("--betas", type=_float_list, default=[0.5, 0.7, 0.9, 0.95])
             p.add_argument("--hiddens", type=_int_list, default=[200, 500, 1000])
@@ -100,6 +105,8 @@ def _model_config(name: str, args: argparse.Namespace, **override: Any) -> dict[
         cfg["surrogate"] = args.surrogate
     if name == "fc-lif":
         cfg.update(beta=args.beta, hidden=args.hidden)
+        if args.dropout:
+            cfg.update(dropout=args.dropout)
     elif name == "fc-poisson":
         cfg.update(tau=args.tau)
     else:
@@ -112,6 +119,7 @@ def _train_config(name: str, args: argparse.Namespace) -> SNNTrainConfig:
     return SNNTrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
         schedule=args.schedule, loss=args.loss, seed=args.seed, bf16=args.bf16,
+        augment=args.augment, augment_pad=args.augment_shift, weight_decay=args.weight_decay,
         channels_last=DEFAULTS[name]["channels_last"],
     )
 

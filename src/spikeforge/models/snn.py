@@ -69,18 +69,22 @@ class FCLIF(SpikingNet):
 
     Both layers are LIF with decay β (subtract reset, detached in the backward pass
     as in snnTorch); the loss is usually the cross-entropy of the output membrane at
-    every step (``ce-membrane``).
+    every step (``ce-membrane``). ``dropout`` silences a random set of hidden neurons
+    for a whole training sequence (off in eval mode).
     """
 
     def __init__(
         self, in_features: int = 784, hidden: int = 500, num_classes: int = 10, *, beta: float = 0.95,
         T: int = 25, encoder: str = "direct", surrogate: str = "fast-sigmoid", threshold: float = 1.0,
-        detach_reset: bool = True,
+        detach_reset: bool = True, dropout: float = 0.0,
     ) -> None:
         super().__init__(T=T, encoder=encoder, input_shape=(in_features,))
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         opts = dict(threshold=threshold, surrogate=surrogate, detach_reset=detach_reset)
         self.fc1 = nn.Linear(in_features, hidden)
         self.lif1 = LIF(beta, **opts)
+        self.dropout = float(dropout)
         self.fc2 = nn.Linear(hidden, num_classes)
         self.lif2 = LIF(beta, keep_membrane=True, **opts)
 
@@ -92,6 +96,10 @@ class FCLIF(SpikingNet):
             s1 = self.lif1(self.fc1(x), steps=self.T)  # direct input: fc1 once
         else:
             s1 = self.lif1(self.fc1(seq))
+        if self.training and self.dropout > 0:
+            # one mask per hidden neuron for the whole sequence (a dropped neuron is silent at every step)
+            keep = torch.empty(s1.shape[1:], dtype=s1.dtype).bernoulli_(1 - self.dropout, generator=generator)
+            s1 = s1 * (keep / (1 - self.dropout))
         s2 = self.lif2(self.fc2(s1))
         return SNNOutput(s2, self.lif2.membrane)
 

@@ -11,22 +11,7 @@ from torch import nn
 from tqdm import tqdm
 
 from spikeforge.data import iterate_batches
-
-
-def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Translate each image by up to ``max_shift`` pixels (zero fill), one offset per image."""
-    if max_shift <= 0:
-        return x
-    N, _, H, W = x.shape
-    padded = F.pad(x, (max_shift,) * 4)
-    dy = torch.randint(0, 2 * max_shift + 1, (N,), generator=generator)
-    dx = torch.randint(0, 2 * max_shift + 1, (N,), generator=generator)
-    rows = (dy.view(N, 1) + torch.arange(H).view(1, H))  # [N, H]
-    cols = (dx.view(N, 1) + torch.arange(W).view(1, W))  # [N, W]
-    idx_r = rows.view(N, 1, H, 1).expand(N, x.shape[1], H, padded.shape[3])
-    out = padded.gather(2, idx_r)
-    idx_c = cols.view(N, 1, 1, W).expand(N, x.shape[1], H, W)
-    return out.gather(3, idx_c)
+from spikeforge.data.augment import random_crop_flip, random_shift
 
 
 @torch.no_grad()
@@ -52,6 +37,7 @@ def train_classifier(
     lr: float = 2e-3,
     weight_decay: float = 1e-4,
     augment_shift: int = 0,
+    flip: bool = False,
     seed: int = 0,
     progress: bool = True,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
@@ -59,6 +45,8 @@ def train_classifier(
     """Train with AdamW and a cosine learning-rate schedule; returns per-epoch history.
 
     ``train``/``test`` are ``(images float [N, C, H, W], labels int64 [N])``.
+    ``augment_shift`` translates training images by up to that many pixels (a random
+    crop of the padded image); ``flip`` adds random horizontal flips.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -83,7 +71,7 @@ def train_classifier(
             mininterval=1.0,
         )
         for xb, yb in bar:
-            xb = random_shift(xb, augment_shift, gen)
+            xb = random_crop_flip(xb, pad=augment_shift, generator=gen) if flip else random_shift(xb, augment_shift, gen)
             out = model(xb)
             loss = F.cross_entropy(out, yb)
             if not torch.isfinite(loss):

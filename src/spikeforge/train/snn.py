@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from spikeforge._native.memory import keep_freed_memory
 from spikeforge.data import iterate_batches
+from spikeforge.data.augment import random_crop_flip
 from spikeforge.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from spikeforge.train.losses import LOSSES
 
@@ -44,6 +45,8 @@ class SNNTrainConfig:
     seed: int = 0
     bf16: bool = False  # bfloat16 autocast (CPU)
     channels_last: bool = False
+    augment: bool = False  # random shift by up to augment_pad pixels + horizontal flip (image inputs)
+    augment_pad: int = 2
     eval_batch_size: int = 500
 
     def validate(self) -> None:
@@ -55,6 +58,8 @@ class SNNTrainConfig:
             raise ValueError(f"schedule must be 'none' or 'cosine', got {self.schedule!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.augment_pad < 0:
+            raise ValueError(f"augment_pad must be >= 0, got {self.augment_pad}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
 
@@ -179,6 +184,8 @@ def fit_snn(
             leave=False, mininterval=1.0,
         )
         for i, (xb, yb) in enumerate(bar):
+            if cfg.augment:
+                xb = random_crop_flip(xb, pad=cfg.augment_pad, generator=gen)
             with _autocast(cfg):
                 out = model(xb, generator=gen)
             loss = loss_of(out, yb, cfg.loss)
