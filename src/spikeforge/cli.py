@@ -1,4 +1,4 @@
-"""Command line: ``spikeforge run NAME [options] --out DIR`` and ``spikeforge list``."""
+"""Command line: ``spikeforge run NAME [options] --out DIR``, ``spikeforge study NAME ...``, ``spikeforge list``."""
 
 from __future__ import annotations
 
@@ -17,7 +17,17 @@ def build_parser() -> argparse.ArgumentParser:
     for exp in EXPERIMENTS.values():
         p = exps.add_parser(exp.name, help=exp.description, description=exp.description)
         exp.add_arguments(p)
+    study = sub.add_parser("study", help="run a study (several models, figures and a report)")
+    studies = study.add_subparsers(dest="study", required=True, metavar="NAME")
+    for name, (add_arguments, _run, description) in _studies().items():
+        add_arguments(studies.add_parser(name, help=description, description=description))
     return parser
+
+
+def _studies():
+    from spikeforge.experiments.backbone_study import STUDIES
+
+    return STUDIES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,10 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "list":
         for exp in EXPERIMENTS.values():
             print(f"{exp.name:20s} {exp.description}")
+        for name, (_a, _r, description) in _studies().items():
+            print(f"study {name:14s} {description}")
         return 0
-    exp = EXPERIMENTS[args.experiment]
+    runner = _studies()[args.study][1] if args.command == "study" else EXPERIMENTS[args.experiment].run
     try:
-        exp.run(args)
+        runner(args)
     except (ValueError, FileNotFoundError, FloatingPointError) as exc:
         print(f"spikeforge: error: {exc}", file=sys.stderr)
         return 2

@@ -154,6 +154,20 @@ class IFNeuron(StatefulModule):
         return self.spike_count / self.neuron_steps if self.neuron_steps else 0.0
 
 
+class SharedIFNeuron(IFNeuron):
+    """One IF neuron called from several sites (the shared-ReLU fault, for ablations).
+
+    Every call integrates into the same membrane. When a call's input has another
+    shape than the membrane (sites of different sizes), the membrane is restarted at
+    ``v_init·θ`` — the state of the other site is lost, as it would be overwritten.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.v is not None and tuple(self.v.shape[1:]) != tuple(x.shape[1:]):
+            self.v = None
+        return super().forward(x)
+
+
 # --- trainable neurons (direct training with surrogate gradients) ----------------------
 
 

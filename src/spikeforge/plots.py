@@ -154,3 +154,37 @@ def plot_segmentation_panels(panels: Mapping[str, object], path: str | Path, *, 
     if title:
         fig.suptitle(title, fontsize=10)
     return save_figure(fig, path, dpi=150, bbox_inches="tight")
+
+
+def plot_study(
+    results: Mapping[str, Mapping],
+    path: str | Path,
+    *,
+    title: str,
+    dashed=None,
+) -> Path:
+    """Converted models side by side: SNN accuracy (left) and ANN − SNN in points (right) vs T.
+
+    ``results`` maps a label to ``{"ann_accuracy": a, "snn_accuracy": {t: acc}}``;
+    ``dashed(label)`` picks the labels drawn dashed.
+    """
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, r) in enumerate(results.items()):
+        steps = sorted(int(t) for t in r["snn_accuracy"])
+        acc = [r["snn_accuracy"][str(t)] for t in steps]
+        ls = "--" if dashed is not None and dashed(label) else "-"
+        c = colors[i % len(colors)]
+        a1.plot(steps, acc, ls=ls, color=c, lw=1.6, label=f"{label} (ANN {r['ann_accuracy']:.3f})")
+        a2.plot(steps, [100 * (r["ann_accuracy"] - a) for a in acc], ls=ls, color=c, lw=1.6, label=label)
+    for ax in (a1, a2):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("time steps T")
+        ax.grid(alpha=0.3, which="both")
+    a1.set_ylabel("SNN test accuracy")
+    a2.set_ylabel("ANN − SNN accuracy (pt)")
+    a2.set_yscale("symlog", linthresh=1.0)
+    a2.axhline(0, color="k", lw=0.8)
+    a1.legend(fontsize=7, loc="lower right")
+    fig.suptitle(title)
+    return save_figure(fig, path, dpi=120, bbox_inches="tight")

@@ -55,9 +55,11 @@ class ActivationRecorder(nn.Module):
         per_channel: bool = False,
         samples_per_batch: int = 1 << 18,
         seed: int = 0,
+        allow_shapes: bool = False,
     ) -> None:
         super().__init__()
         self.per_channel = per_channel
+        self.allow_shapes = allow_shapes  # several call sites of different shapes (shared-neuron ablation)
         self.samples_per_batch = samples_per_batch
         self.generator = torch.Generator().manual_seed(seed)
         self.samples: list[torch.Tensor] = []
@@ -74,11 +76,20 @@ class ActivationRecorder(nn.Module):
 
     @torch.no_grad()
     def record(self, y: torch.Tensor) -> None:
-        if self.sample_shape is not None and y.shape[1:] != self.sample_shape:
+        if self.sample_shape is not None and y.shape[1:] != self.sample_shape and self.allow_shapes:
+            if self.per_channel and y.shape[1] != self.sample_shape[0]:
+                raise ValueError(
+                    f"call sites sharing one neuron have {self.sample_shape[0]} and {y.shape[1]} channels: "
+                    "per-channel thresholds are impossible; use per-layer thresholds"
+                )
+            if y.shape[1:].numel() > self.sample_shape.numel():
+                self.sample_shape = y.shape[1:]
+        elif self.sample_shape is not None and y.shape[1:] != self.sample_shape:
             raise ValueError(
                 f"calibration batches differ in shape: {tuple(self.sample_shape)} vs {tuple(y.shape[1:])}"
             )
-        self.sample_shape = y.shape[1:]
+        if self.sample_shape is None or not self.allow_shapes:
+            self.sample_shape = y.shape[1:]
         mat = channel_matrix(y.float(), self.per_channel)
         mx = mat.amax(dim=1)
         self.maximum = mx if self.maximum is None else torch.maximum(self.maximum, mx)

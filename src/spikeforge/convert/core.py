@@ -18,7 +18,7 @@ from spikeforge.convert.graph import (
     trace,
 )
 from spikeforge.layers import POOL_MODES, SpikingMaxPool2d
-from spikeforge.neurons import Clock, IFNeuron, StatefulModule
+from spikeforge.neurons import Clock, IFNeuron, SharedIFNeuron, StatefulModule
 
 
 class TimeAlign(StatefulModule):
@@ -162,6 +162,8 @@ class SpikingModel(nn.Module):
             raise ValueError("input contains NaN or infinite values")
         sample_numel = math.prod(x.shape[2:] if sequence else x.shape[1:])
         K = chunk or self.chunk_size(T, N, sample_numel)
+        if self.options.get("share_reused_relu"):
+            K = 1  # shared neurons: interleave their call sites step by step
         self.reset_state()
         self.clock.batch, self.clock.record, self.clock.input_static = N, record, not sequence
         for t0 in range(0, T, K):
@@ -217,6 +219,7 @@ def convert(
     mem_budget_mb: float = 512,
     channels_last: bool = False,
     seed: int = 0,
+    share_reused_relu: bool = False,
 ) -> SpikingModel:
     """Convert a trained ANN into a :class:`SpikingModel` of integrate-and-fire neurons.
 
@@ -235,6 +238,11 @@ def convert(
         mem_budget_mb: activation memory one chunk of time steps may use.
         channels_last: run 4-D activations in the channels-last layout (several times
             faster convolutions on CPU for the few channels of segmentation nets).
+        share_reused_relu: reproduce the fault of converters that replace modules by
+            name (for ablations only): all call sites of one ``nn.ReLU`` module share a
+            single neuron — one threshold from their pooled statistics and one membrane
+            that every site integrates into in turn. The model then runs one step at a
+            time, so the sites interleave step by step as in a single-step simulator.
     """
     if maxpool not in POOL_MODES:
         raise ValueError(f"maxpool must be one of {POOL_MODES}, got {maxpool!r}")
@@ -248,16 +256,26 @@ def convert(
 
     recorders: dict[str, ActivationRecorder] = {}
     site_nodes: dict[str, str] = {}
+    shared_by_target: dict[str, str] = {}
     counter = 0
     for node in list(graph.nodes):
         kind = node_kind(gm, node)
-        if kind == "relu":
+        if kind == "relu" and share_reused_relu and node.op == "call_module" and str(node.target) in shared_by_target:
+            name = shared_by_target[str(node.target)]  # the fault: a second site reuses the first site's neuron
+            site_nodes[name] += f"+{node.name}"
+            with graph.inserting_after(node):
+                new = graph.call_module(name, (node.args[0],))
+            node.replace_all_uses_with(new)
+            graph.erase_node(node)
+        elif kind == "relu":
             name = f"sf_neuron{counter}"
             counter += 1
-            rec = ActivationRecorder(per_channel=per_channel, seed=seed + counter)
+            rec = ActivationRecorder(per_channel=per_channel, seed=seed + counter, allow_shapes=share_reused_relu)
             gm.add_submodule(name, rec)
             recorders[name] = rec
             site_nodes[name] = node.name
+            if share_reused_relu and node.op == "call_module":
+                shared_by_target[str(node.target)] = name
             with graph.inserting_after(node):
                 new = graph.call_module(name, (node.args[0],))
             node.replace_all_uses_with(new)
@@ -310,7 +328,8 @@ def convert(
         if rec.batches == 0:
             raise ConversionError(f"activation '{site_nodes[name]}' received no calibration data")
         lam = rec.threshold(percentile)
-        neuron = IFNeuron(lam, reset=reset, max_spikes=max_spikes, v_init=v_init)
+        shared = "+" in site_nodes[name]
+        neuron = (SharedIFNeuron if shared else IFNeuron)(lam, reset=reset, max_spikes=max_spikes, v_init=v_init)
         gm.add_submodule(name, neuron)
         sites.append(
             SiteInfo(
@@ -324,13 +343,17 @@ def convert(
         )
     gm.recompile()
     static = _static_nodes(gm)
+    static_sites: dict[str, list[bool]] = {}
     for node in gm.graph.nodes:
         if node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), IFNeuron):
-            gm.get_submodule(str(node.target)).static_input = node.args[0] in static
+            static_sites.setdefault(str(node.target), []).append(node.args[0] in static)
+    for target, flags in static_sites.items():
+        gm.get_submodule(target).static_input = all(flags)
     output_static = all(n in static for n in next(n for n in gm.graph.nodes if n.op == "output").all_input_nodes)
     options = dict(
         percentile=percentile, per_channel=per_channel, reset=reset, max_spikes=max_spikes,
         v_init=v_init, maxpool=maxpool, mem_budget_mb=mem_budget_mb, channels_last=channels_last,
+        share_reused_relu=share_reused_relu,
     )
     return SpikingModel(gm, Clock(), sites, options, output_static=output_static, input_numel=input_numel)
 

@@ -1,0 +1,409 @@
+"""``spikeforge study backbones``: VGG and ResNet families converted (seed 003, experiment two).
+
+Seed 003 asked three questions — do residual connections hurt conversion, do larger
+ResNets convert better, does supervised pretraining convert better than
+self-supervised (CLIP there) — and answered the first with a ResNet18 that fell from
+97% to 10%. That collapse came from its converter, which replaced modules by name so
+the two call sites of a block's single ``nn.ReLU`` shared one neuron. This study
+trains (or loads) each backbone, converts it with per-call-site neurons, evaluates
+accuracy after every step, and re-runs ResNet-18 with the seed's shared neuron as an
+ablation.
+
+Everything is cached in ``--out``: trained weights in ``models/NAME.pt`` and each
+evaluation in ``results/NAME.json`` (reused only when their configuration matches),
+so an interrupted study resumes where it stopped.
+
+Outputs: ``metrics.json`` (model name → ``{"ann_accuracy", "snn_accuracy": {t: acc},
+...}``, the ablation under its own name), ``study.json`` (configuration, timings),
+``architecture.png``, ``size.png``, ``pretraining.png``, ``ablation.png`` and
+``report.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spikeforge.convert import convert
+from spikeforge.data import dataset_names
+from spikeforge.evaluate import evaluate_snn
+from spikeforge.experiments.common import command_line, environment, load_split_tensors, positive_int
+from spikeforge.io import write_json, write_text
+from spikeforge.models import create_model
+from spikeforge.plots import plot_study
+from spikeforge.train import CheckpointError, evaluate_classifier, load_checkpoint, save_checkpoint, train_classifier
+from spikeforge.train.simclr import linear_probe, pretrain_simclr
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One model of the study: its name, the registered architecture, how it is trained."""
+
+    name: str
+    arch: str
+    pretraining: str = "supervised"  # supervised | simclr
+    shared_neuron: bool = False  # converted with the seed's fault (ablation; reuses `weights_of`)
+    weights_of: str | None = None
+
+
+ENTRIES: dict[str, Entry] = {
+    e.name: e
+    for e in [
+        Entry("vgg11", "vgg11"),
+        Entry("vgg13", "vgg13"),
+        Entry("vgg16", "vgg16"),
+        Entry("vgg18", "vgg18"),  # = ResNet-18 without skips, the seed's VGG18 (and plain-resnet18)
+        Entry("resnet18", "resnet18"),
+        Entry("resnet34", "resnet34"),
+        Entry("resnet50", "resnet50"),
+        Entry("resnet101", "resnet101"),
+        Entry("plain-resnet34", "plain-resnet34"),
+        Entry("plain-resnet50", "plain-resnet50"),
+        Entry("plain-resnet101", "plain-resnet101"),
+        Entry("resnet18-simclr", "resnet18", pretraining="simclr"),
+        Entry("resnet18-shared-neuron", "resnet18", shared_neuron=True, weights_of="resnet18"),
+    ]
+}
+ABLATION = "resnet18-shared-neuron"
+
+
+@dataclass
+class Preset:
+    width: float
+    epochs: int
+    train_limit: int | None
+    test_limit: int | None
+    T: int
+    batch_size: int = 128
+    lr: float = 3e-3
+    augment_shift: int = 2
+    simclr_epochs: int = 10
+    simclr_batch_size: int = 256
+    probe_epochs: int = 30
+    calib_batches: int = 8
+    max_spikes: int = 1
+    percentile: float = 99.99
+    models: tuple[str, ...] = field(default_factory=lambda: tuple(ENTRIES))
+
+
+PRESETS: dict[str, Preset] = {
+    # Narrow models (width 1/8: 8-16-32-64 channels), a 20k-image training subset and
+    # 2,000 test images: the whole study in well under 90 minutes on 2 CPU cores.
+    "cpu": Preset(width=0.125, epochs=4, train_limit=20000, test_limit=2000, T=64, simclr_epochs=8),
+    # The paper-scale configuration for a GPU user (full width and data, long schedules).
+    "full": Preset(width=1.0, epochs=100, train_limit=None, test_limit=None, T=256, lr=2e-3, augment_shift=4,
+                   simclr_epochs=200, probe_epochs=100, calib_batches=32),
+    # Seconds: for tests and a first look.
+    "smoke": Preset(width=1 / 16, epochs=1, train_limit=256, test_limit=64, T=16, simclr_epochs=1,
+                    simclr_batch_size=64, probe_epochs=5, calib_batches=2,
+                    models=("vgg11", "vgg18", "resnet18", "resnet18-simclr", ABLATION)),
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="fashion-mnist", choices=dataset_names())
+    p.add_argument("--data-dir", default=None, help="folder with the dataset files")
+    p.add_argument("--preset", choices=tuple(PRESETS), default="cpu")
+    p.add_argument("--out", default="runs/backbones")
+    p.add_argument("--models", default=None,
+                   help=f"comma-separated subset of: {', '.join(ENTRIES)} (default: the preset's list)")
+    p.add_argument("--load", action="append", default=[], metavar="NAME=PATH",
+                   help="convert weights from a state dict file instead of training NAME (repeatable)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="override the preset's epochs")
+    p.add_argument("--T", type=positive_int, default=None, help="override the preset's time steps")
+    p.add_argument("--max-spikes", type=positive_int, default=None, help="burst spikes Γ (override)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _preset(args: argparse.Namespace) -> Preset:
+    pr = Preset(**asdict(PRESETS[args.preset]))
+    if args.epochs is not None:
+        pr.epochs = args.epochs
+    if args.T is not None:
+        pr.T = args.T
+    if args.max_spikes is not None:
+        pr.max_spikes = args.max_spikes
+    if args.models:
+        names = [n.strip() for n in args.models.split(",") if n.strip()]
+        unknown = [n for n in names if n not in ENTRIES]
+        if unknown:
+            raise ValueError(f"unknown study model(s) {', '.join(unknown)}; choose from {', '.join(ENTRIES)}")
+        pr.models = tuple(names)
+    return pr
+
+
+def _parse_loads(items: list[str]) -> dict[str, Path]:
+    loads: dict[str, Path] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--load expects NAME=PATH, got {item!r}")
+        if name not in ENTRIES or ENTRIES[name].weights_of is not None:
+            raise ValueError(f"--load: {name!r} is not a trainable study model ({', '.join(ENTRIES)})")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--load {name}: no such file {path}")
+        loads[name] = Path(path)
+    return loads
+
+
+def load_state_dict_file(model: torch.nn.Module, path: Path) -> None:
+    """Load external weights (a state dict, or a dict holding one under 'model'/'state_dict')."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read weights from {path} ({type(exc).__name__}: {exc})") from exc
+    if isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        for key in ("model", "state_dict"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    try:
+        model.load_state_dict(obj)
+    except RuntimeError as exc:
+        raise CheckpointError(f"weights in {path} do not fit {type(model).__name__}: {exc}") from exc
+
+
+def _subset(data: tuple[torch.Tensor, torch.Tensor], limit: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed, class-mixed subset (a seeded permutation) of at most ``limit`` examples."""
+    x, y = data
+    if limit is None or limit >= len(y):
+        return x, y
+    idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:limit]
+    return x[idx], y[idx]
+
+
+class Study:
+    def __init__(self, args: argparse.Namespace, preset: Preset, out: Path) -> None:
+        self.args, self.preset, self.out = args, preset, out
+        self.loads = _parse_loads(args.load)
+        train, test, self.classes = load_split_tensors(args.dataset, args.data_dir)
+        self.train = _subset(train, preset.train_limit, args.seed)
+        self.test = _subset(test, preset.test_limit, args.seed + 1)
+        self.in_channels = int(self.train[0].shape[1])
+        self.image_size = int(self.train[0].shape[-1])
+        self.flip = args.dataset in ("cifar10", "fashion-mnist")
+        self.models: dict[str, torch.nn.Module] = {}
+        self.timings: dict[str, dict[str, float]] = {}
+
+    def build(self, entry: Entry) -> torch.nn.Module:
+        return create_model(entry.arch, in_channels=self.in_channels, num_classes=len(self.classes),
+                            width=self.preset.width, image_size=self.image_size)
+
+    def train_config(self, entry: Entry) -> dict[str, Any]:
+        p = self.preset
+        cfg: dict[str, Any] = {
+            "arch": entry.arch, "pretraining": entry.pretraining, "dataset": self.args.dataset,
+            "width": p.width, "train_limit": p.train_limit, "seed": self.args.seed,
+        }
+        if entry.name in self.loads:
+            cfg["loaded_from"] = str(self.loads[entry.name].resolve())
+        elif entry.pretraining == "simclr":
+            cfg.update(simclr_epochs=p.simclr_epochs, simclr_batch_size=p.simclr_batch_size, probe_epochs=p.probe_epochs)
+        else:
+            cfg.update(epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, augment_shift=p.augment_shift, flip=self.flip)
+        return cfg
+
+    def model(self, entry: Entry) -> tuple[torch.nn.Module, dict[str, Any]]:
+        """The trained network of ``entry`` (from the cache when its config matches)."""
+        if entry.weights_of is not None:
+            return self.model(ENTRIES[entry.weights_of])
+        if entry.name in self.models:
+            return self.models[entry.name], self.timings[entry.name]
+        model = self.build(entry)
+        cfg = self.train_config(entry)
+        path = self.out / "models" / f"{entry.name}.pt"
+        info: dict[str, Any] | None = None
+        if path.exists():
+            try:
+                payload = load_checkpoint(path, required=("model", "config", "info"))
+                if payload["config"] == cfg:
+                    model.load_state_dict(payload["model"])
+                    info = dict(payload["info"], cached=True)
+                    print(f"[{entry.name}] trained weights loaded from {path}")
+                else:
+                    print(f"[{entry.name}] {path} was trained with another configuration; training again")
+            except CheckpointError as exc:
+                print(f"[{entry.name}] warning: {exc}; training again")
+        if info is None:
+            info = self._fit(entry, model)
+            save_checkpoint(path, {"model": model.state_dict(), "config": cfg, "info": info})
+            info = dict(info, cached=False)
+        model.eval()
+        self.models[entry.name], self.timings[entry.name] = model, info
+        return model, info
+
+    def _fit(self, entry: Entry, model: torch.nn.Module) -> dict[str, Any]:
+        p, progress = self.preset, not self.args.no_progress
+        t0 = time.perf_counter()
+        if entry.name in self.loads:
+            load_state_dict_file(model, self.loads[entry.name])
+            return {"train_seconds": 0.0, "history": [], "source": str(self.loads[entry.name])}
+        torch.manual_seed(self.args.seed)
+        if entry.pretraining == "simclr":
+            print(f"[{entry.name}] contrastive pretraining ({p.simclr_epochs} epochs, labels unused), then a linear probe")
+            hist = pretrain_simclr(model, self.train[0], epochs=p.simclr_epochs, batch_size=p.simclr_batch_size,
+                                   seed=self.args.seed, progress=progress)
+            probe_train = linear_probe(model, self.train, epochs=p.probe_epochs, seed=self.args.seed)
+            return {"train_seconds": time.perf_counter() - t0, "history": hist, "probe_train_accuracy": probe_train}
+        print(f"[{entry.name}] supervised training ({p.epochs} epochs on {len(self.train[1])} images)")
+        hist = train_classifier(model, self.train, None, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr,
+                                augment_shift=p.augment_shift, flip=self.flip, seed=self.args.seed, progress=progress)
+        return {"train_seconds": time.perf_counter() - t0, "history": hist}
+
+    def conversion_options(self, entry: Entry) -> dict[str, Any]:
+        p = self.preset
+        return dict(percentile=p.percentile, max_spikes=p.max_spikes, v_init=0.5, reset="subtract",
+                    maxpool="lipool", share_reused_relu=entry.shared_neuron)
+
+    def evaluate(self, entry: Entry) -> dict[str, Any]:
+        model, info = self.model(entry)
+        options = self.conversion_options(entry)
+        key = {"train": self.train_config(ENTRIES[entry.weights_of or entry.name]), "conversion": options,
+               "T": self.preset.T, "test_limit": self.preset.test_limit, "calib_batches": self.preset.calib_batches}
+        path = self.out / "results" / f"{entry.name}.json"
+        if path.exists() and info.get("cached"):  # weights unchanged since that evaluation
+            try:
+                old = json.loads(path.read_text())
+                if old.get("key") == key:
+                    print(f"[{entry.name}] evaluation reused from {path}")
+                    return old["result"]
+            except (OSError, ValueError):
+                pass
+        t0 = time.perf_counter()
+        ann_acc, _ = evaluate_classifier(model, *self.test, batch_size=500)
+        ann_seconds = time.perf_counter() - t0
+        gen = torch.Generator().manual_seed(self.args.seed + 7)
+        n_cal = 128 * self.preset.calib_batches
+        calib = self.train[0][torch.randperm(len(self.train[1]), generator=gen)[:n_cal]]
+        snn = convert(model, calib, batch_size=128, max_batches=self.preset.calib_batches, **options)
+        res = evaluate_snn(snn, *self.test, self.preset.T, batch_size=500, progress=not self.args.no_progress)
+        acc = res["accuracy"]
+        result = {
+            "ann_accuracy": ann_acc,
+            "snn_accuracy": {str(t + 1): a for t, a in enumerate(acc)},
+            "arch": entry.arch,
+            "pretraining": entry.pretraining,
+            "shared_neuron": entry.shared_neuron,
+            "parameters": sum(q.numel() for q in model.parameters()),
+            "neuron_layers": len(snn.neurons()),
+            "firing_rate_mean": sum(res["firing_rates"].values()) / max(1, len(res["firing_rates"])),
+            "train_seconds": 0.0 if entry.weights_of else info.get("train_seconds", 0.0),
+            "ann_seconds": ann_seconds,
+            "snn_seconds": res["seconds"],
+        }
+        if "probe_train_accuracy" in info and not entry.weights_of:
+            result["probe_train_accuracy"] = info["probe_train_accuracy"]
+        write_json(path, {"key": key, "result": result})
+        T = self.preset.T
+        shown = [t for t in (8, 16, 32, 64, 128, 256) if t <= T]
+        print(f"[{entry.name}] ANN {ann_acc:.4f}; SNN " + ", ".join(f"T={t} {acc[t - 1]:.4f}" for t in shown)
+              + f" ({res['seconds']:.0f} s)")
+        return result
+
+
+def _loss_pt(r: dict[str, Any], t: int) -> float | None:
+    a = r["snn_accuracy"].get(str(t))
+    return None if a is None else 100 * (r["ann_accuracy"] - a)
+
+
+def _report(metrics: dict[str, Any], meta: dict[str, Any]) -> str:
+    T = meta["preset"]["T"]
+    cols = [t for t in (8, 16, 32, 64, 128, 256) if t <= T]
+    lines = [
+        "# Backbone study: VGG and ResNet families converted to SNNs",
+        "",
+        f"Command: `{meta['command']}`",
+        "",
+        f"Dataset **{meta['dataset']}** ({meta['n_train']} training / {meta['n_test']} test images), preset "
+        f"**{meta['preset_name']}** (width ×{meta['preset']['width']:g}, {meta['preset']['epochs']} epochs). "
+        f"Conversion: per-call-site IF neurons, p={meta['preset']['percentile']} thresholds, soft reset, "
+        f"v_init=θ/2, Γ={meta['preset']['max_spikes']}, lateral-inhibition max-pool. Wall time "
+        f"{meta['wall_seconds'] / 60:.1f} min.",
+        "",
+        "| model | params | neuron layers | ANN | " + " | ".join(f"SNN T={t}" for t in cols)
+        + " | loss T=32 (pt) | loss T=64 (pt) |",
+        "|---|---:|---:|---:|" + "---:|" * len(cols) + "---:|---:|",
+    ]
+    for name, r in metrics.items():
+        cells = [f"{r['snn_accuracy'][str(t)]:.4f}" for t in cols]
+        l32, l64 = _loss_pt(r, 32), _loss_pt(r, 64)
+        fmt = lambda v: "—" if v is None else f"{v:+.2f}"  # noqa: E731
+        lines.append(f"| {name} | {r['parameters']:,} | {r['neuron_layers']} | {r['ann_accuracy']:.4f} | "
+                     + " | ".join(cells) + f" | {fmt(l32)} | {fmt(l64)} |")
+    lines += ["", "Loss = ANN accuracy − SNN accuracy on the same test images (positive = the SNN is worse).", ""]
+    for fig, caption in (
+        ("architecture.png", "Architecture: VGG vs ResNet vs its plain twin (same layers, no skips)"),
+        ("size.png", "Size: ResNet-18/34/50/101 (solid) and their plain twins (dashed)"),
+        ("pretraining.png", "Pretraining: supervised vs self-supervised (SimCLR + linear probe) ResNet-18"),
+        ("ablation.png", "Ablation: ResNet-18 with one neuron per ReLU call site vs the seed's shared neuron"),
+    ):
+        lines += [f"## {caption}", "", f"![{caption}]({fig})", ""]
+    if ABLATION in metrics and "resnet18" in metrics:
+        a, b = metrics["resnet18"], metrics[ABLATION]
+        lines += [
+            "## The seed's ResNet18 collapse",
+            "",
+            f"Same trained ResNet-18 weights (ANN {a['ann_accuracy']:.4f}). Per-call-site neurons: SNN "
+            f"{a['snn_accuracy'][str(T)]:.4f} at T={T}. One neuron shared by the two call sites of each block's "
+            f"`nn.ReLU` (the seed's converter): {b['snn_accuracy'][str(T)]:.4f} at T={T}, "
+            f"{b['neuron_layers']} neuron layers instead of {a['neuron_layers']}.",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def _figures(metrics: dict[str, Any], out: Path) -> None:
+    def pick(names):
+        return {n: metrics[n] for n in names if n in metrics}
+
+    plot_study(pick(["vgg11", "vgg13", "vgg16", "vgg18", "resnet18"]), out / "architecture.png",
+               title="architecture: VGG vs ResNet (vgg18 = ResNet-18 without skips)")
+    plot_study(pick(["resnet18", "resnet34", "resnet50", "resnet101", "vgg18", "plain-resnet34", "plain-resnet50",
+                     "plain-resnet101"]), out / "size.png", title="size: ResNets (solid) and plain twins (dashed)",
+               dashed=lambda n: n.startswith("plain") or n == "vgg18")
+    plot_study(pick(["resnet18", "resnet18-simclr"]), out / "pretraining.png",
+               title="pretraining: supervised vs SimCLR (linear probe)")
+    plot_study(pick(["resnet18", ABLATION]), out / "ablation.png",
+               title="ablation: per-call-site neurons vs one shared neuron")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    preset = _preset(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    study = Study(args, preset, out)
+    sources = {ENTRIES[n].weights_of for n in preset.models}  # an ablation needs its source model
+    order = [n for n in ENTRIES if n in preset.models or n in sources]
+    metrics: dict[str, Any] = {}
+    for name in order:
+        metrics[name] = study.evaluate(ENTRIES[name])
+        write_json(out / "metrics.json", metrics)  # partial results survive an interruption
+    meta = {
+        "command": command_line(),
+        "dataset": args.dataset,
+        "preset_name": args.preset,
+        "preset": asdict(preset),
+        "n_train": len(study.train[1]),
+        "n_test": len(study.test[1]),
+        "wall_seconds": time.perf_counter() - t0,
+        "environment": environment(),
+    }
+    _figures(metrics, out)
+    write_json(out / "study.json", meta)
+    write_text(out / "report.md", _report(metrics, meta))
+    print(f"wrote {out / 'metrics.json'}, {out / 'report.md'} and the figures in {out} "
+          f"({meta['wall_seconds'] / 60:.1f} min)")
+    return metrics
+
+
+STUDIES = {"backbones": (add_arguments, run, "VGG/ResNet families converted: architecture, size, pretraining, ablation")}
