@@ -211,3 +211,55 @@ def test_study_bad_arguments(tmp_path, capsys):
     assert "NAME=PATH" in capsys.readouterr().err
     assert main(base + ["--load", f"resnet18={tmp_path / 'none.pt'}"]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+# --- conversion-aware training (QCFS) ------------------------------------------------------
+
+
+def test_qcfs_forward_and_its_one_layer_conversion_is_exact_after_L_steps():
+    from torch import nn
+
+    from spikeforge.layers import QCFS
+
+    act = QCFS(levels=4, threshold=2.0)
+    x = torch.tensor([-1.0, 0.0, 0.24, 0.26, 0.74, 1.3, 1.9, 5.0])
+    # λ·clip(floor(x·L/λ + 1/2)/L, 0, 1) with λ = 2, L = 4: steps of 0.5, rounded to nearest
+    assert torch.allclose(act(x), torch.tensor([0.0, 0.0, 0.0, 0.5, 0.5, 1.5, 2.0, 2.0]))
+    xg = x.clone().requires_grad_(True)
+    act(xg).sum().backward()  # straight-through: gradient 1 inside (0, λ), 0 outside
+    assert torch.equal(xg.grad, torch.tensor([0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0]))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), QCFS(levels=4, threshold=1.5), nn.Linear(16, 3)).eval()
+    inp = torch.randn(32, 6)
+    snn = convert(model, inp)
+    assert [float(n.threshold) for n in snn.neurons().values()] == [1.5]  # the learnt λ, no percentile
+    out = snn(inp, 4).mean(0)  # the average over T = L steps
+    with torch.no_grad():
+        assert torch.allclose(out, model(inp), atol=1e-5)
+
+
+def test_qcfs_backbones_convert_with_their_learnt_thresholds():
+    torch.manual_seed(0)
+    model = create_model("resnet18", in_channels=1, width=1 / 16, act="qcfs").eval()
+    lams = [float(m.threshold) for m in model.modules() if m.__class__.__name__ == "QCFS"]
+    x = torch.rand(8, 1, 16, 16)
+    snn = convert(model, x)
+    assert len(snn.neurons()) == 17
+    assert set(round(float(n.threshold), 6) for n in snn.neurons().values()) <= set(round(v, 6) for v in lams)
+    assert len(convert(model, x, share_reused_relu=True).neurons()) == 9
+
+
+def test_split_threshold_burst_spikes_divide_thresholds_and_converge_faster():
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    x = torch.rand(64, 10)
+    with torch.no_grad():
+        ref = model(x)
+    plain = convert(model, x)
+    split = convert(model, x, max_spikes=4, split_threshold=True)
+    for a, b in zip(plain.neurons().values(), split.neurons().values()):
+        assert torch.allclose(b.threshold * 4, a.threshold)
+    err = lambda snn: float((snn(x, 16).mean(0) - ref).abs().mean())  # noqa: E731
+    assert err(split) < 0.5 * err(plain)

@@ -184,3 +184,34 @@ class MultiStep(nn.Module):
         T, N = x.shape[:2]
         y = self.layer(x.reshape(T * N, *x.shape[2:]))
         return y.view(T, N, *y.shape[1:])
+
+
+class QCFS(nn.Module):
+    """Quantization-clip-floor-shift activation for conversion-aware ANN training.
+
+    ``λ·clip(floor(x·L/λ + 1/2)/L, 0, 1)`` with a trainable ceiling λ (``threshold``),
+    L levels and a straight-through gradient for the floor (Bu et al., "Optimal
+    ANN-SNN conversion for high-accuracy and ultra-low-latency SNNs", ICLR 2022).
+    It is the average output of an IF neuron with threshold λ and initial membrane
+    λ/2 after L steps, so a network trained with it converts with little loss after a
+    few dozen steps even when it is deep. The converter turns each call site into an
+    IF neuron whose threshold is the learnt λ (no calibration statistics needed).
+    """
+
+    def __init__(self, levels: int = 8, threshold: float = 4.0) -> None:
+        super().__init__()
+        if int(levels) != levels or levels < 1:
+            raise ValueError(f"levels must be a positive integer, got {levels!r}")
+        if not threshold > 0:
+            raise ValueError(f"threshold must be > 0, got {threshold}")
+        self.levels = int(levels)
+        self.threshold = nn.Parameter(torch.tensor(float(threshold)))
+
+    def extra_repr(self) -> str:
+        return f"levels={self.levels}, threshold={float(self.threshold):.4g}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lam = self.threshold.abs() + 1e-6
+        y = torch.clamp(x / lam, 0, 1) * self.levels
+        y = y + (torch.floor(y + 0.5) - y).detach()  # straight-through floor
+        return y * (lam / self.levels)

@@ -60,6 +60,7 @@ class ActivationRecorder(nn.Module):
         super().__init__()
         self.per_channel = per_channel
         self.allow_shapes = allow_shapes  # several call sites of different shapes (shared-neuron ablation)
+        self.activation: nn.Module | None = None  # applied instead of ReLU (a QCFS activation being replaced)
         self.samples_per_batch = samples_per_batch
         self.generator = torch.Generator().manual_seed(seed)
         self.samples: list[torch.Tensor] = []
@@ -70,7 +71,7 @@ class ActivationRecorder(nn.Module):
         self.count = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.relu(x)
+        y = torch.relu(x) if self.activation is None else self.activation(x)
         self.record(y.detach())
         return y
 

@@ -17,7 +17,7 @@ from spikeforge.convert.graph import (
     node_kind,
     trace,
 )
-from spikeforge.layers import POOL_MODES, SpikingMaxPool2d
+from spikeforge.layers import POOL_MODES, QCFS, SpikingMaxPool2d
 from spikeforge.neurons import Clock, IFNeuron, SharedIFNeuron, StatefulModule
 
 
@@ -220,6 +220,7 @@ def convert(
     channels_last: bool = False,
     seed: int = 0,
     share_reused_relu: bool = False,
+    split_threshold: bool = False,
 ) -> SpikingModel:
     """Convert a trained ANN into a :class:`SpikingModel` of integrate-and-fire neurons.
 
@@ -232,6 +233,9 @@ def convert(
         per_channel: one threshold per channel instead of per layer.
         reset: ``"subtract"`` (soft) or ``"zero"`` (hard) reset.
         max_spikes: Γ, spikes a neuron may emit in one step (burst spikes when > 1).
+        split_threshold: with Γ > 1, threshold λ/Γ instead of λ: a step still carries
+            at most λ (Γ spikes of λ/Γ), with Γ times finer resolution — the rate code
+            of Γ·T steps in T steps, for deep networks whose errors add up layer by layer.
         v_init: initial membrane as a fraction of the threshold.
         maxpool: ``"lipool"``, ``"gated"`` or ``"plain"`` spiking max-pool.
         max_batches: most calibration batches to use (None = all).
@@ -257,6 +261,7 @@ def convert(
     recorders: dict[str, ActivationRecorder] = {}
     site_nodes: dict[str, str] = {}
     shared_by_target: dict[str, str] = {}
+    fixed: dict[str, torch.Tensor] = {}
     counter = 0
     for node in list(graph.nodes):
         kind = node_kind(gm, node)
@@ -271,6 +276,9 @@ def convert(
             name = f"sf_neuron{counter}"
             counter += 1
             rec = ActivationRecorder(per_channel=per_channel, seed=seed + counter, allow_shapes=share_reused_relu)
+            if node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), QCFS):
+                rec.activation = gm.get_submodule(str(node.target))
+                fixed[name] = rec.activation.threshold.detach().abs().clone()  # the trained ceiling λ
             gm.add_submodule(name, rec)
             recorders[name] = rec
             site_nodes[name] = node.name
@@ -327,7 +335,9 @@ def convert(
     for name, rec in recorders.items():
         if rec.batches == 0:
             raise ConversionError(f"activation '{site_nodes[name]}' received no calibration data")
-        lam = rec.threshold(percentile)
+        lam = fixed[name] if name in fixed else rec.threshold(percentile)
+        if split_threshold:
+            lam = lam / max_spikes
         shared = "+" in site_nodes[name]
         neuron = (SharedIFNeuron if shared else IFNeuron)(lam, reset=reset, max_spikes=max_spikes, v_init=v_init)
         gm.add_submodule(name, neuron)
@@ -353,7 +363,7 @@ def convert(
     options = dict(
         percentile=percentile, per_channel=per_channel, reset=reset, max_spikes=max_spikes,
         v_init=v_init, maxpool=maxpool, mem_budget_mb=mem_budget_mb, channels_last=channels_last,
-        share_reused_relu=share_reused_relu,
+        share_reused_relu=share_reused_relu, split_threshold=split_threshold,
     )
     return SpikingModel(gm, Clock(), sites, options, output_static=output_static, input_numel=input_numel)
 

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from spikeforge.layers import QCFS
+
 
 class ConversionError(ValueError):
     """The model cannot be converted; the message names the node and its operation."""
@@ -64,7 +66,7 @@ def node_kind(gm: fx.GraphModule, node: fx.Node) -> str:
         return "io"
     if node.op == "call_module":
         mod = gm.get_submodule(str(node.target))
-        if isinstance(mod, nn.ReLU):
+        if isinstance(mod, (nn.ReLU, QCFS)):
             return "relu"
         if isinstance(mod, nn.MaxPool2d):
             return "maxpool"
@@ -108,11 +110,19 @@ def node_kind(gm: fx.GraphModule, node: fx.Node) -> str:
     raise ConversionError(f"unsupported node '{node.name}' (op {node.op})")
 
 
+class _LeafTracer(fx.Tracer):
+    """torch.fx tracer that keeps spikeforge's activation modules whole."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, QCFS) or super().is_leaf_module(m, module_qualified_name)
+
+
 def trace(model: nn.Module) -> fx.GraphModule:
     """Deep-copy ``model`` in eval mode and trace it with torch.fx."""
     model = copy.deepcopy(model).eval()
     try:
-        gm = fx.symbolic_trace(model)
+        graph = _LeafTracer().trace(model)
+        gm = fx.GraphModule(model, graph, type(model).__name__)
     except Exception as exc:  # fx raises many types; report them uniformly
         raise ConversionError(
             f"torch.fx could not trace {type(model).__name__}: {exc}. Models with "

@@ -36,6 +36,7 @@ from spikeforge.evaluate import evaluate_snn
 from spikeforge.experiments.common import command_line, environment, load_split_tensors, positive_int
 from spikeforge.io import write_json, write_text
 from spikeforge.models import create_model
+from spikeforge.models.backbones import ACTIVATIONS
 from spikeforge.plots import plot_study
 from spikeforge.train import CheckpointError, evaluate_classifier, load_checkpoint, save_checkpoint, train_classifier
 from spikeforge.train.simclr import linear_probe, pretrain_simclr
@@ -87,15 +88,16 @@ class Preset:
     simclr_batch_size: int = 256
     probe_epochs: int = 30
     calib_batches: int = 8
-    max_spikes: int = 1
+    max_spikes: int = 4  # burst spikes Γ with threshold λ/Γ (split): Γ× finer rate code per step
     percentile: float = 99.99
+    activation: str = "relu"  # relu: plain ANN + percentile thresholds; qcfs: conversion-aware training
     models: tuple[str, ...] = field(default_factory=lambda: tuple(ENTRIES))
 
 
 PRESETS: dict[str, Preset] = {
-    # Narrow models (width 1/8: 8-16-32-64 channels), a 20k-image training subset and
-    # 2,000 test images: the whole study in well under 90 minutes on 2 CPU cores.
-    "cpu": Preset(width=0.125, epochs=4, train_limit=20000, test_limit=2000, T=64, simclr_epochs=8),
+    # Narrow models (width 1/8: 8-16-32-64 channels), a 10k-image training subset and
+    # 1,000 test images: the whole study in under 90 minutes on 2 CPU cores.
+    "cpu": Preset(width=0.125, epochs=3, train_limit=10000, test_limit=1000, T=64, simclr_epochs=5),
     # The paper-scale configuration for a GPU user (full width and data, long schedules).
     "full": Preset(width=1.0, epochs=100, train_limit=None, test_limit=None, T=256, lr=2e-3, augment_shift=4,
                    simclr_epochs=200, probe_epochs=100, calib_batches=32),
@@ -118,6 +120,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=positive_int, default=None, help="override the preset's epochs")
     p.add_argument("--T", type=positive_int, default=None, help="override the preset's time steps")
     p.add_argument("--max-spikes", type=positive_int, default=None, help="burst spikes Γ (override)")
+    p.add_argument("--activation", choices=ACTIVATIONS, default=None,
+                   help="train with qcfs (quantized clip-floor-shift; converts in few steps) or plain relu "
+                        "(thresholds from activation percentiles); default: the preset's (relu)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
 
@@ -130,6 +135,8 @@ def _preset(args: argparse.Namespace) -> Preset:
         pr.T = args.T
     if args.max_spikes is not None:
         pr.max_spikes = args.max_spikes
+    if args.activation is not None:
+        pr.activation = args.activation
     if args.models:
         names = [n.strip() for n in args.models.split(",") if n.strip()]
         unknown = [n for n in names if n not in ENTRIES]
@@ -196,13 +203,13 @@ class Study:
 
     def build(self, entry: Entry) -> torch.nn.Module:
         return create_model(entry.arch, in_channels=self.in_channels, num_classes=len(self.classes),
-                            width=self.preset.width, image_size=self.image_size)
+                            width=self.preset.width, image_size=self.image_size, act=self.preset.activation)
 
     def train_config(self, entry: Entry) -> dict[str, Any]:
         p = self.preset
         cfg: dict[str, Any] = {
             "arch": entry.arch, "pretraining": entry.pretraining, "dataset": self.args.dataset,
-            "width": p.width, "train_limit": p.train_limit, "seed": self.args.seed,
+            "width": p.width, "train_limit": p.train_limit, "seed": self.args.seed, "activation": p.activation,
         }
         if entry.name in self.loads:
             cfg["loaded_from"] = str(self.loads[entry.name].resolve())
@@ -261,8 +268,8 @@ class Study:
 
     def conversion_options(self, entry: Entry) -> dict[str, Any]:
         p = self.preset
-        return dict(percentile=p.percentile, max_spikes=p.max_spikes, v_init=0.5, reset="subtract",
-                    maxpool="lipool", share_reused_relu=entry.shared_neuron)
+        return dict(percentile=p.percentile, max_spikes=p.max_spikes, split_threshold=p.max_spikes > 1, v_init=0.5,
+                    reset="subtract", maxpool="lipool", share_reused_relu=entry.shared_neuron)
 
     def evaluate(self, entry: Entry) -> dict[str, Any]:
         model, info = self.model(entry)
@@ -325,8 +332,12 @@ def _report(metrics: dict[str, Any], meta: dict[str, Any]) -> str:
         "",
         f"Dataset **{meta['dataset']}** ({meta['n_train']} training / {meta['n_test']} test images), preset "
         f"**{meta['preset_name']}** (width ×{meta['preset']['width']:g}, {meta['preset']['epochs']} epochs). "
-        f"Conversion: per-call-site IF neurons, p={meta['preset']['percentile']} thresholds, soft reset, "
-        f"v_init=θ/2, Γ={meta['preset']['max_spikes']}, lateral-inhibition max-pool. Wall time "
+        f"Activation in training: **{meta['preset']['activation']}**"
+        + (" (quantized clip-floor-shift; its learnt ceilings are the thresholds)" if meta['preset']['activation'] == "qcfs"
+           else f" (thresholds: p={meta['preset']['percentile']} activation percentiles)")
+        + f". Conversion: per-call-site IF neurons, soft reset, "
+        f"v_init=θ/2, burst spikes Γ={meta['preset']['max_spikes']} with threshold λ/Γ, lateral-inhibition max-pool. "
+        f"Wall time "
         f"{meta['wall_seconds'] / 60:.1f} min.",
         "",
         "| model | params | neuron layers | ANN | " + " | ".join(f"SNN T={t}" for t in cols)

@@ -11,6 +11,9 @@ a converter that replaces modules by name then gives all those call sites a sing
 neuron — the fault behind seed 003's ResNet18 collapse. spikeforge's converter
 works on call sites, so each gets its own neuron.
 
+``act="qcfs"`` swaps every ReLU for :class:`~spikeforge.layers.QCFS` (conversion-aware
+training: the learnt ceilings become the neurons' thresholds).
+
 ``plain=True`` builds the twin without skip connections (same layers, no add, no
 shortcut branch); the seed's "VGG18" is the plain twin of ResNet-18.
 """
@@ -22,9 +25,22 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from spikeforge.layers import QCFS
 from spikeforge.models.registry import register_model
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "VGG", "VGG_CONFIGS", "RESNET_CONFIGS"]
+
+
+ACTIVATIONS = ("relu", "qcfs")
+
+
+def make_activation(act: str, levels: int = 8) -> nn.Module:
+    """``relu`` or ``qcfs`` (quantized clip-floor-shift, for conversion-aware training)."""
+    if act == "relu":
+        return nn.ReLU(inplace=True)
+    if act == "qcfs":
+        return QCFS(levels)
+    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {act!r}")
 
 
 def _ch(c: int, width: float) -> int:
@@ -43,14 +59,14 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, cin: int, planes: int, stride: int = 1, *, plain: bool = False) -> None:
+    def __init__(self, cin: int, planes: int, stride: int = 1, *, plain: bool = False, act: str = "relu") -> None:
         super().__init__()
         cout = planes * self.expansion
         self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU(inplace=True)  # called twice (see the module docstring)
+        self.relu = make_activation(act)  # called twice (see the module docstring)
         self.plain = plain
         self.shortcut = _shortcut(cin, cout, stride) if not plain else None
 
@@ -67,7 +83,7 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, cin: int, planes: int, stride: int = 1, *, plain: bool = False) -> None:
+    def __init__(self, cin: int, planes: int, stride: int = 1, *, plain: bool = False, act: str = "relu") -> None:
         super().__init__()
         cout = planes * self.expansion
         self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
@@ -76,7 +92,7 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, cout, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU(inplace=True)  # called three times
+        self.relu = make_activation(act)  # called three times
         self.plain = plain
         self.shortcut = _shortcut(cin, cout, stride) if not plain else None
 
@@ -109,7 +125,7 @@ class ResNet(nn.Module):
 
     def __init__(
         self, depth: int = 18, *, in_channels: int = 3, num_classes: int = 10, width: float = 1.0,
-        plain: bool = False,
+        plain: bool = False, act: str = "relu",
     ) -> None:
         super().__init__()
         if depth not in RESNET_CONFIGS:
@@ -120,7 +136,7 @@ class ResNet(nn.Module):
         c0 = _ch(64, width)
         self.conv1 = nn.Conv2d(in_channels, c0, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(c0)
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = make_activation(act)
         cin = c0
         stages = []
         for i, (n, base) in enumerate(zip(counts, (64, 128, 256, 512))):
@@ -128,7 +144,7 @@ class ResNet(nn.Module):
             blocks = []
             for j in range(n):
                 stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(block(cin, planes, stride, plain=plain))
+                blocks.append(block(cin, planes, stride, plain=plain, act=act))
                 cin = planes * block.expansion
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
@@ -163,7 +179,7 @@ class VGG(nn.Module):
 
     def __init__(
         self, depth: int = 11, *, in_channels: int = 3, num_classes: int = 10, width: float = 1.0,
-        image_size: int = 32,
+        image_size: int = 32, act: str = "relu",
     ) -> None:
         super().__init__()
         if depth not in VGG_CONFIGS:
@@ -178,7 +194,7 @@ class VGG(nn.Module):
                     size //= 2
                 continue
             c = _ch(int(v), width)
-            layers += [nn.Conv2d(cin, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+            layers += [nn.Conv2d(cin, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), make_activation(act)]
             cin = c
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -190,16 +206,18 @@ class VGG(nn.Module):
 
 
 def _resnet_factory(depth: int, plain: bool):
-    def build(in_channels: int = 3, num_classes: int = 10, width: float = 1.0, **_: object) -> nn.Module:
-        return ResNet(depth, in_channels=in_channels, num_classes=num_classes, width=width, plain=plain)
+    def build(in_channels: int = 3, num_classes: int = 10, width: float = 1.0, act: str = "relu",
+              **_: object) -> nn.Module:
+        return ResNet(depth, in_channels=in_channels, num_classes=num_classes, width=width, plain=plain, act=act)
 
     return build
 
 
 def _vgg_factory(depth: int):
     def build(in_channels: int = 3, num_classes: int = 10, width: float = 1.0, image_size: int = 32,
-              **_: object) -> nn.Module:
-        return VGG(depth, in_channels=in_channels, num_classes=num_classes, width=width, image_size=image_size)
+              act: str = "relu", **_: object) -> nn.Module:
+        return VGG(depth, in_channels=in_channels, num_classes=num_classes, width=width, image_size=image_size,
+                   act=act)
 
     return build
 
