@@ -88,7 +88,7 @@ class Preset:
     simclr_batch_size: int = 256
     probe_epochs: int = 30
     calib_batches: int = 8
-    max_spikes: int = 4  # burst spikes Γ with threshold λ/Γ (split): Γ× finer rate code per step
+    max_spikes: int = 16  # burst spikes Γ with threshold λ/Γ (split): Γ× finer rate code per step
     percentile: float = 99.99
     activation: str = "relu"  # relu: plain ANN + percentile thresholds; qcfs: conversion-aware training
     models: tuple[str, ...] = field(default_factory=lambda: tuple(ENTRIES))

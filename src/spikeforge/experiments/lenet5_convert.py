@@ -42,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-channel", action="store_true", help="per-channel thresholds")
     p.add_argument("--maxpool", choices=("lipool", "gated", "plain"), default="lipool")
     p.add_argument("--max-spikes", type=positive_int, default=1, help="burst spikes Γ")
+    p.add_argument("--split-threshold", action="store_true", help="with Γ > 1, threshold λ/Γ (finer rate code)")
     p.add_argument("--reset", choices=("subtract", "zero"), default="subtract")
     p.add_argument("--v-init", type=float, default=0.5, help="initial membrane / threshold")
     p.add_argument("--calib-batches", type=positive_int, default=32)
@@ -140,6 +141,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         percentile=args.percentile, per_channel=args.per_channel, maxpool=args.maxpool,
         max_spikes=args.max_spikes, reset=args.reset, v_init=args.v_init,
     )
+    if args.split_threshold:
+        options["split_threshold"] = True
     snn = convert(model, train[0][calib_idx], batch_size=256, max_batches=args.calib_batches, **options)
     res = evaluate_snn(snn, *test, args.T, batch_size=args.eval_batch_size, progress=not args.no_progress)
     snn_acc = {str(t + 1): a for t, a in enumerate(res["accuracy"])}
