@@ -170,20 +170,24 @@ def plot_study(
     """
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    worst = 0.0
     for i, (label, r) in enumerate(results.items()):
         steps = sorted(int(t) for t in r["snn_accuracy"])
         acc = [r["snn_accuracy"][str(t)] for t in steps]
         ls = "--" if dashed is not None and dashed(label) else "-"
         c = colors[i % len(colors)]
         a1.plot(steps, acc, ls=ls, color=c, lw=1.6, label=f"{label} (ANN {r['ann_accuracy']:.3f})")
-        a2.plot(steps, [100 * (r["ann_accuracy"] - a) for a in acc], ls=ls, color=c, lw=1.6, label=label)
+        gap = [100 * (r["ann_accuracy"] - a) for a in acc]
+        worst = max([worst] + [abs(g) for g in gap])
+        a2.plot(steps, gap, ls=ls, color=c, lw=1.6, label=label)
     for ax in (a1, a2):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("time steps T")
         ax.grid(alpha=0.3, which="both")
     a1.set_ylabel("SNN test accuracy")
     a2.set_ylabel("ANN − SNN accuracy (pt)")
-    a2.set_yscale("symlog", linthresh=1.0)
+    if worst > 5:  # large losses next to small ones: linear within ±1 pt, logarithmic beyond
+        a2.set_yscale("symlog", linthresh=1.0)
     a2.axhline(0, color="k", lw=0.8)
     a1.legend(fontsize=7, loc="lower right")
     fig.suptitle(title)
