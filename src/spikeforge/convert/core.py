@@ -268,10 +268,7 @@ def convert(
         if kind == "relu" and share_reused_relu and node.op == "call_module" and str(node.target) in shared_by_target:
             name = shared_by_target[str(node.target)]  # the fault: a second site reuses the first site's neuron
             site_nodes[name] += f"+{node.name}"
-            with graph.inserting_after(node):
-                new = graph.call_module(name, (node.args[0],))
-            node.replace_all_uses_with(new)
-            graph.erase_node(node)
+            _swap_for_module(graph, node, name)
         elif kind == "relu":
             name = f"sf_neuron{counter}"
             counter += 1
@@ -284,18 +281,12 @@ def convert(
             site_nodes[name] = node.name
             if share_reused_relu and node.op == "call_module":
                 shared_by_target[str(node.target)] = name
-            with graph.inserting_after(node):
-                new = graph.call_module(name, (node.args[0],))
-            node.replace_all_uses_with(new)
-            graph.erase_node(node)
+            _swap_for_module(graph, node, name)
         elif kind == "maxpool":
             params = maxpool_params(gm, node)
             name = f"sf_pool{len(site_nodes)}_{node.name}".replace("__", "_")
             gm.add_submodule(name, SpikingMaxPool2d(**params, mode=maxpool))
-            with graph.inserting_after(node):
-                new = graph.call_module(name, (node.args[0],))
-            node.replace_all_uses_with(new)
-            graph.erase_node(node)
+            _swap_for_module(graph, node, name)
         elif kind == "dropout":
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
@@ -366,6 +357,14 @@ def convert(
         share_reused_relu=share_reused_relu, split_threshold=split_threshold,
     )
     return SpikingModel(gm, Clock(), sites, options, output_static=output_static, input_numel=input_numel)
+
+
+def _swap_for_module(graph: fx.Graph, node: fx.Node, name: str) -> None:
+    """Replace ``node`` by a call of submodule ``name`` on the node's first input."""
+    with graph.inserting_after(node):
+        new = graph.call_module(name, (node.args[0],))
+    node.replace_all_uses_with(new)
+    graph.erase_node(node)
 
 
 def _static_nodes(gm: fx.GraphModule) -> set[fx.Node]:

@@ -14,6 +14,10 @@ import torch
 from spikeforge.data import load_dataset
 
 
+#: Datasets of 28×28 grayscale images: the inputs of LeNet5 and the seed-002/004 networks.
+GRAYSCALE_28 = ("mnist-sample", "mnist", "fashion-mnist")
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)

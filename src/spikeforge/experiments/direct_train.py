@@ -18,8 +18,7 @@ from typing import Any
 
 import torch
 
-from spikeforge.data import dataset_names
-from spikeforge.experiments.common import command_line, environment, load_split_tensors, positive_int, read_json
+from spikeforge.experiments.common import GRAYSCALE_28, command_line, environment, load_split_tensors, positive_int, read_json
 from spikeforge.experiments.registry import Experiment
 from spikeforge.io import write_json, write_text
 from spikeforge.models import create_model
@@ -64,7 +63,7 @@ def _adder(name: str):
     d = DEFAULTS[name]
 
     def add_arguments(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--dataset", default="mnist-sample", choices=dataset_names())
+        p.add_argument("--dataset", default="mnist-sample", choices=GRAYSCALE_28)
         p.add_argument("--data-dir", default=None, help="folder with the dataset files")
         p.add_argument("--out", default=f"runs/{name}")
         p.add_argument("--epochs", type=positive_int, default=d["epochs"])

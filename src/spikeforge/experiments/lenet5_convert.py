@@ -10,9 +10,9 @@ from typing import Any
 import torch
 
 from spikeforge.convert import convert
-from spikeforge.data import dataset_names
 from spikeforge.evaluate import evaluate_snn
 from spikeforge.experiments.common import (
+    GRAYSCALE_28,
     command_line,
     environment,
     load_split_tensors,
@@ -29,7 +29,7 @@ TRAIN_KEYS = ("dataset", "epochs", "batch_size", "lr", "seed", "augment_shift")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="mnist-sample", choices=dataset_names())
+    p.add_argument("--dataset", default="mnist-sample", choices=GRAYSCALE_28)
     p.add_argument("--data-dir", default=None, help="folder with the dataset files")
     p.add_argument("--epochs", type=positive_int, default=15)
     p.add_argument("--T", type=positive_int, default=128, help="evaluate steps 1..T")
