@@ -3,7 +3,7 @@
 Usage (needs `pip install spikingjelly torch==2.13.0` beside spikeforge)::
 
     python benchmarks/bench_lenet5_convert.py --checkpoint runs/fm-lenet5/lenet5.pt \
-        --dataset fashion-mnist [--threads 2] [--repeats 5]
+        --dataset fashion-mnist [--threads 2] [--repeats 5] [--max-spikes 16 --split-threshold]
 
 Prints accuracy at T ∈ {4, 8, 16, 32, 64, 128} for both converters (each from one
 pass of 128 steps over the whole test set) and inference images/s at T=32 for the
@@ -61,6 +61,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--speed-images", type=int, default=2000)
     ap.add_argument("--sj-mode", default="99.9%")
+    ap.add_argument("--max-spikes", type=int, default=1, help="spikeforge's burst spikes Γ (1 = ordinary spikes)")
+    ap.add_argument("--split-threshold", action="store_true", help="with Γ > 1, spikeforge's threshold λ/Γ")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -76,7 +78,8 @@ def main() -> None:
 
     gen = torch.Generator().manual_seed(0)
     calib = train.as_float()[torch.randperm(len(train), generator=gen)[: 256 * 32]]
-    sf_snn = convert(model, calib, batch_size=256, max_batches=32)
+    sf_snn = convert(model, calib, batch_size=256, max_batches=32, max_spikes=args.max_spikes,
+                     split_threshold=args.split_threshold)
     sj_snn = sj_convert(model, [(b, None) for b in calib.split(256)], mode=args.sj_mode)
 
     Tmax = max(T_LIST)
@@ -103,7 +106,8 @@ def main() -> None:
             speeds[name].append(throughput(fn, xs, args.batch))
     med = {k: statistics.median(v) for k, v in speeds.items()}
 
-    print(f"\nLeNet5 on {args.dataset} ({len(y_test)} test images), threads={args.threads}")
+    print(f"\nLeNet5 on {args.dataset} ({len(y_test)} test images), threads={args.threads}, "
+          f"spikeforge Γ={args.max_spikes}{' split threshold' if args.split_threshold else ''}")
     print(f"ANN accuracy: {ann_acc:.4f}")
     print(f"{'T':>5} | {'spikeforge':>10} | {'SpikingJelly':>12} | {'sf - ANN (pt)':>13}")
     for T in T_LIST:
@@ -117,6 +121,8 @@ def main() -> None:
     summary = {
         "dataset": args.dataset,
         "threads": args.threads,
+        "max_spikes": args.max_spikes,
+        "split_threshold": args.split_threshold,
         "ann_accuracy": ann_acc,
         "spikeforge_accuracy": {T: sf_curve[T - 1] for T in T_LIST},
         "spikingjelly_accuracy": {T: sj_curve[T - 1] for T in T_LIST},

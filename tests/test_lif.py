@@ -165,14 +165,18 @@ def test_parametric_lif_learns_its_decay():
 @pytest.mark.skipif(not _native_available(), reason="no C compiler")
 @pytest.mark.parametrize("reset", ["subtract", "zero"])
 @pytest.mark.parametrize("constant", [False, True])
-def test_converter_if_neuron_native_equals_torch_path(reset, constant, monkeypatch):
+@pytest.mark.parametrize("max_spikes,scale_output", [(1, True), (4, True), (4, False)])
+def test_converter_if_neuron_native_equals_torch_path(reset, constant, max_spikes, scale_output, monkeypatch):
     torch.manual_seed(4)
     T = 12
     x = torch.rand(3, 4, 5) if constant else torch.rand(T, 3, 4, 5)
-    kw = dict(threshold=0.7, v_init=0.5, reset=reset, steps=T if constant else None, scale_output=True)
+    x = x * max_spikes - 0.2  # bursts when Γ > 1, and some negative input
+    kw = dict(threshold=0.7, v_init=0.5, reset=reset, steps=T if constant else None, scale_output=scale_output,
+              max_spikes=max_spikes)
     s_native, v_native = if_seq(x, **kw)
     monkeypatch.setenv("SPIKEFORGE_NATIVE", "0")
     s_torch, v_torch = if_seq(x, **kw)
-    assert s_native.sum() > 0
+    counts = s_native / 0.7 if scale_output else s_native
+    assert counts.sum() > 0 and int(counts.round().max()) == max_spikes
     assert torch.equal(s_native, s_torch)
     torch.testing.assert_close(v_native, v_torch)

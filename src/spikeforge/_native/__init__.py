@@ -28,7 +28,7 @@ _lib: ctypes.CDLL | None = None
 _tried = False
 
 P, I64, F, I, D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int, ctypes.POINTER(ctypes.c_double)
-_FORWARD_ARGS = [P, I64, I64, I, F, F, F, I, P, P, P, P, F, I]
+_FORWARD_ARGS = [P, I64, I64, I, F, F, F, I, P, P, P, P, F, I, I]
 _BACKWARD_ARGS = [P, P, P, P, I64, I64, I, F, F, F, I, I, I, F, P, P, I, P, I]
 
 

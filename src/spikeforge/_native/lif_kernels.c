@@ -44,7 +44,7 @@ INLINE float surr(const int kind, float p, float u) {
 
 INLINE void fwd_block(const void *x, int64_t T, int64_t n, int64_t i0, int64_t m, float beta, float alpha,
                       float th, const float *v0, float *h, void *s, float *vT, float out_scale,
-                      const int bf, const int constant, int zero_reset) {
+                      const int bf, const int constant, int zero_reset, const int burst, float gmax) {
     const float zr = zero_reset ? 1.0f : 0.0f, nzr = 1.0f - zr;
     float v[BS];
     for (int64_t j = 0; j < m; j++) v[j] = v0 ? v0[i0 + j] : 0.0f;
@@ -54,19 +54,31 @@ INLINE void fwd_block(const void *x, int64_t T, int64_t n, int64_t i0, int64_t m
             float bv = beta * v[j];
             float ax = alpha * ld(x, xo + j, bf);
             float hv = bv + ax;
-            float sp = hv >= th ? 1.0f : 0.0f;
+            float sp;
+            if (burst) {  /* S = clamp(floor(H/th), 0, Gamma), as the PyTorch path computes it */
+                float q = floorf(hv / th);
+                sp = q < 0.0f ? 0.0f : (q > gmax ? gmax : q);
+            } else {
+                sp = hv >= th ? 1.0f : 0.0f;
+            }
             if (h) h[o + j] = hv;
             st(s, o + j, sp * out_scale, bf);
-            v[j] = hv - sp * (zr * hv + nzr * th);  /* zero: H(1-S); subtract: H - th*S */
+            if (burst)
+                v[j] = zero_reset ? (sp > 0.0f ? 0.0f : hv) : hv - sp * th;
+            else
+                v[j] = hv - sp * (zr * hv + nzr * th);  /* zero: H(1-S); subtract: H - th*S */
         }
     }
     for (int64_t j = 0; j < m; j++) vT[i0 + j] = v[j];
 }
 
-/* h may be NULL (inference: nothing saved for backward); spikes are stored as S*out_scale. */
+/* h may be NULL (inference: nothing saved for backward); spikes are stored as S*out_scale.
+ * max_spikes > 1 gives burst spikes (forward only: the backward assumes S in {0, 1}). */
 #define FWD_ARGS const void *x, int64_t T, int64_t n, int constant, float beta, float alpha, float th, \
-                 int zero_reset, const float *v0, float *h, void *s, float *vT, float out_scale, int nthreads
-#define FWD_CALL(BF, C, Z) fwd_block(x, T, n, i0, m, beta, alpha, th, v0, h, s, vT, out_scale, BF, C, Z)
+                 int zero_reset, const float *v0, float *h, void *s, float *vT, float out_scale, int nthreads, \
+                 int max_spikes
+#define FWD_CALL(BF, C, Z, B) \
+    fwd_block(x, T, n, i0, m, beta, alpha, th, v0, h, s, vT, out_scale, BF, C, Z, B, (float)max_spikes)
 
 #define DEFINE_FORWARD(NAME, BF)                                                                 \
 void NAME(FWD_ARGS) {                                                                             \
@@ -74,7 +86,11 @@ void NAME(FWD_ARGS) {                                                           
     _Pragma("omp parallel for num_threads(nthreads) schedule(static)")                            \
     for (int64_t b = 0; b < nb; b++) {                                                            \
         int64_t i0 = b * BS, m = n - i0 < BS ? n - i0 : BS;                                       \
-        if (constant) FWD_CALL(BF, 1, zero_reset); else FWD_CALL(BF, 0, zero_reset);              \
+        if (max_spikes > 1) {                                                                     \
+            if (constant) FWD_CALL(BF, 1, zero_reset, 1); else FWD_CALL(BF, 0, zero_reset, 1);    \
+        } else {                                                                                  \
+            if (constant) FWD_CALL(BF, 1, zero_reset, 0); else FWD_CALL(BF, 0, zero_reset, 0);    \
+        }                                                                                         \
     }                                                                                             \
 }
 

@@ -135,7 +135,7 @@ class _LIFSequence(torch.autograd.Function):
             v0m = _like(v0, v, torch.float32)
             fn = lib.sf_lif_forward_bf16 if x.dtype == torch.bfloat16 else lib.sf_lif_forward_f32
             fn(xd.data_ptr(), T, slice_like.numel(), int(constant), beta, alpha, threshold, int(reset == "zero"),
-               _ptr(v0m), h.data_ptr(), s.data_ptr(), v.data_ptr(), 1.0, torch.get_num_threads())
+               _ptr(v0m), h.data_ptr(), s.data_ptr(), v.data_ptr(), 1.0, torch.get_num_threads(), 1)
             saved_x = xd
         else:
             x32 = x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
@@ -329,9 +329,9 @@ def lif_seq_reference(
 
 def if_forward_native(
     x: torch.Tensor, *, threshold: float, v: torch.Tensor | None, v_init: float, reset: str,
-    steps: int | None, scale_output: bool,
+    steps: int | None, scale_output: bool, max_spikes: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The converter's IF neuron (Γ = 1, scalar θ) on the compiled kernels, or None.
+    """The converter's IF neuron (scalar θ, any Γ) on the compiled kernels, or None.
 
     Same contract as :func:`spikeforge.functional.neuron.if_seq` for that case: returns
     ``(S or θ·S, V_T)``. Nothing is kept for a backward pass.
@@ -357,5 +357,5 @@ def if_forward_native(
         v0 = None
     fn = lib.sf_lif_forward_bf16 if x.dtype == torch.bfloat16 else lib.sf_lif_forward_f32
     fn(xd.data_ptr(), T, slice_like.numel(), int(constant), 1.0, 1.0, threshold, int(reset == "zero"), _ptr(v0),
-       None, s.data_ptr(), vT.data_ptr(), threshold if scale_output else 1.0, torch.get_num_threads())
+       None, s.data_ptr(), vT.data_ptr(), threshold if scale_output else 1.0, torch.get_num_threads(), max_spikes)
     return s, vT

@@ -119,11 +119,12 @@ def if_seq(
         membrane ``[N, ...]``.
     """
     _check(reset, max_spikes)
-    if max_spikes == 1 and (not isinstance(threshold, torch.Tensor) or threshold.numel() == 1):
+    if not isinstance(threshold, torch.Tensor) or threshold.numel() == 1:
         from spikeforge.functional.lif import if_forward_native
 
         fast = if_forward_native(
-            x, threshold=float(threshold), v=v, v_init=v_init, reset=reset, steps=steps, scale_output=scale_output
+            x, threshold=float(threshold), v=v, v_init=v_init, reset=reset, steps=steps, scale_output=scale_output,
+            max_spikes=max_spikes,
         )
         if fast is not None:
             return fast
