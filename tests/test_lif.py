@@ -169,7 +169,7 @@ def test_parametric_lif_learns_its_decay():
 def test_converter_if_neuron_native_equals_torch_path(reset, constant, max_spikes, scale_output, monkeypatch):
     torch.manual_seed(4)
     T = 12
-    x = torch.rand(3, 4, 5) if constant else torch.rand(T, 3, 4, 5)
+    x = torch.rand(3, 7, 11) if constant else torch.rand(T, 3, 7, 11)  # vector loop and remainder
     x = x * max_spikes - 0.2  # bursts when Γ > 1, and some negative input
     kw = dict(threshold=0.7, v_init=0.5, reset=reset, steps=T if constant else None, scale_output=scale_output,
               max_spikes=max_spikes)

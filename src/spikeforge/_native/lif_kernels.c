@@ -50,23 +50,31 @@ INLINE void fwd_block(const void *x, int64_t T, int64_t n, int64_t i0, int64_t m
     for (int64_t j = 0; j < m; j++) v[j] = v0 ? v0[i0 + j] : 0.0f;
     for (int64_t t = 0; t < T; t++) {
         const int64_t xo = constant ? i0 : t * n + i0, o = t * n + i0;
+        if (burst) {
+            /* burst spikes, forward only (h is not written): S = clamp(floor(H/th), 0, Gamma),
+             * computed as trunc(min(max(H/th, 0), Gamma)) -- the same value for every non-NaN H
+             * (Gamma is an integer and trunc = floor on [0, Gamma]); "fired" (S > 0) is H >= th,
+             * which for th > 0 is the same as H/th >= 1 under IEEE division. Written this way
+             * (this order of max and min, no select on S) GCC vectorizes the loop. */
+            for (int64_t j = 0; j < m; j++) {
+                float hv = beta * v[j] + alpha * ld(x, xo + j, bf);
+                float r = hv / th;
+                r = r > 0.0f ? r : 0.0f;
+                r = r > gmax ? gmax : r;
+                float sp = (float)(int32_t)r, fired = hv >= th ? 1.0f : 0.0f;
+                st(s, o + j, sp * out_scale, bf);
+                v[j] = hv - zr * fired * hv - nzr * sp * th;  /* zero: 0 if fired; subtract: H - th*S */
+            }
+            continue;
+        }
         for (int64_t j = 0; j < m; j++) {
             float bv = beta * v[j];
             float ax = alpha * ld(x, xo + j, bf);
             float hv = bv + ax;
-            float sp;
-            if (burst) {  /* S = clamp(floor(H/th), 0, Gamma), as the PyTorch path computes it */
-                float q = floorf(hv / th);
-                sp = q < 0.0f ? 0.0f : (q > gmax ? gmax : q);
-            } else {
-                sp = hv >= th ? 1.0f : 0.0f;
-            }
+            float sp = hv >= th ? 1.0f : 0.0f;
             if (h) h[o + j] = hv;
             st(s, o + j, sp * out_scale, bf);
-            if (burst)
-                v[j] = zero_reset ? (sp > 0.0f ? 0.0f : hv) : hv - sp * th;
-            else
-                v[j] = hv - sp * (zr * hv + nzr * th);  /* zero: H(1-S); subtract: H - th*S */
+            v[j] = hv - sp * (zr * hv + nzr * th);  /* zero: H(1-S); subtract: H - th*S */
         }
     }
     for (int64_t j = 0; j < m; j++) vT[i0 + j] = v[j];
