@@ -245,3 +245,39 @@ def test_one_step_chunks_equal_whole_run():
     lenet = convert(create_model("lenet5").eval(), torch.rand(32, 1, 28, 28))
     x = torch.rand(3, 1, 28, 28)
     torch.testing.assert_close(lenet(x, 9, chunk=1), lenet(x, 9, chunk=4), atol=1e-5, rtol=1e-5)
+
+
+def test_largest_drop_of_an_accuracy_curve():
+    from spikeforge.metrics import largest_drop
+
+    acc = [0.1, 0.5, 0.9, 0.8, 0.95, 0.9, 0.93, 0.7, 0.96]
+    assert largest_drop(acc, start=1) == pytest.approx({"from_step": 1, "drop": 0.25, "peak_step": 5, "low_step": 8})
+    # from step 8 on the curve only rises
+    assert largest_drop(acc, start=8) == {"from_step": 8, "drop": 0.0, "peak_step": None, "low_step": None}
+    with pytest.raises(ValueError, match="start"):
+        largest_drop(acc, start=0)
+
+
+def test_lenet5_convert_cli_end_to_end(tmp_path):
+    import json
+
+    from spikeforge.cli import main
+
+    out = tmp_path / "run"
+    args = ["run", "lenet5-convert", "--epochs", "1", "--T", "20", "--calib-batches", "2", "--out", str(out),
+            "--no-progress"]
+    assert main(args) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert 0.5 < m["ann_accuracy"] <= 1.0 and not m["checkpoint_reused"]
+    assert sorted(m["snn_accuracy"], key=int) == [str(t) for t in range(1, 21)]
+    curve = [m["snn_accuracy"][str(t)] for t in range(1, 21)]
+    drop = m["largest_drop_after_T16"]
+    assert drop["from_step"] == 16 and drop["drop"] >= 0
+    if drop["peak_step"] is not None:
+        assert curve[drop["peak_step"] - 1] - curve[drop["low_step"] - 1] == pytest.approx(drop["drop"])
+    for name in ("report.md", "accuracy_vs_T.png", "firing_rates.png", "lenet5.pt"):
+        assert (out / name).stat().st_size > 0
+    assert "Largest fall below an earlier step" in (out / "report.md").read_text()
+    # a second run reuses the trained checkpoint
+    assert main(args) == 0
+    assert json.loads((out / "metrics.json").read_text())["checkpoint_reused"]

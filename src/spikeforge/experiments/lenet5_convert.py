@@ -21,6 +21,7 @@ from spikeforge.experiments.common import (
 )
 from spikeforge.experiments.registry import Experiment
 from spikeforge.io import write_json, write_text
+from spikeforge.metrics import largest_drop
 from spikeforge.models import create_model
 from spikeforge.plots import plot_accuracy_vs_T, plot_bars, plot_history
 from spikeforge.train import CheckpointError, evaluate_classifier, load_checkpoint, save_checkpoint, train_classifier
@@ -103,6 +104,10 @@ def _report(m: dict[str, Any]) -> str:
     for t in shown:
         a = acc[str(t)]
         lines.append(f"| {t} | {a:.4f} | {100 * (a - m['ann_accuracy']):+.2f} |")
+    drop = m.get("largest_drop_after_T16")
+    if drop and T > 16:
+        where = (f" (T={drop['peak_step']} → T={drop['low_step']})" if drop["peak_step"] else "")
+        lines += ["", f"Largest fall below an earlier step from T=16 on: {100 * drop['drop']:.2f} pt{where}."]
     lines += [
         "",
         "![accuracy vs T](accuracy_vs_T.png)",
@@ -156,6 +161,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "epochs": args.epochs,
         "ann_accuracy": ann_acc,
         "snn_accuracy": snn_acc,
+        "largest_drop_after_T16": largest_drop([float(a) for a in res["accuracy"]], start=16),
         "firing_rates": res["firing_rates"],
         "conversion": options,
         "ann_images_per_second": ann_ips,

@@ -1,5 +1,5 @@
 """Metrics over time steps."""
 
-from spikeforge.metrics.classification import accuracy_per_step, cumulative_mean
+from spikeforge.metrics.classification import accuracy_per_step, cumulative_mean, largest_drop
 
-__all__ = ["accuracy_per_step", "cumulative_mean"]
+__all__ = ["accuracy_per_step", "cumulative_mean", "largest_drop"]
