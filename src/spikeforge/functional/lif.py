@@ -338,6 +338,8 @@ def if_forward_native(
     """
     if x.requires_grad or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16):
         return None
+    if max_spikes > 1 and not threshold > 0:  # the burst kernel's "fired" test assumes θ > 0
+        return None
     from spikeforge import _native
 
     lib = _native.library()
