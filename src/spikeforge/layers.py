@@ -45,6 +45,9 @@ class SpikingMaxPool2d(StatefulModule):
         mode: str = "lipool",
     ) -> None:
         super().__init__()
+        # True while the converter calibrates: the pool then acts as the ANN's max-pool on
+        # one analog batch (there is no time axis yet).
+        self.analog = False
         if mode not in POOL_MODES:
             raise ValueError(f"max-pool mode must be one of {POOL_MODES}, got {mode!r}")
         self.kernel_size = kernel_size
@@ -83,6 +86,8 @@ class SpikingMaxPool2d(StatefulModule):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.analog:
+            return self._pool(x)
         xs, static, K = self._split(x)
         if static:
             # A constant input pools to a constant output in every mode.

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from spikeforge.functional.lif import check_lif, lif_seq
-from spikeforge.functional.neuron import RESETS, if_seq
+from spikeforge.functional.neuron import RESETS, if_seq, initial_membrane
 from spikeforge.surrogate import Surrogate, get_surrogate
 
 
@@ -108,6 +108,11 @@ class IFNeuron(StatefulModule):
         if not torch.isfinite(th).all() or (th <= 0).any():
             raise ValueError(f"thresholds must be finite and > 0, got {th.flatten()[:8].tolist()}")
         self.register_buffer("threshold", th)
+        # Calibration corrections (Li et al. 2021), both None until set: a constant added
+        # to the input current at every step (bias correction) and an offset of the
+        # initial membrane (potential correction); each broadcasts to one sample [C, ...].
+        self.register_buffer("input_bias", None)
+        self.register_buffer("v_offset", None)
         self.reset = reset
         self.max_spikes = int(max_spikes)
         self.v_init = float(v_init)
@@ -128,6 +133,10 @@ class IFNeuron(StatefulModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xs, static, K = self._split(x)
         th = self.threshold if self.threshold.numel() > 1 else float(self.threshold)
+        if self.input_bias is not None:
+            xs = xs + self.input_bias
+        if self.v is None and self.v_offset is not None:
+            self.v = initial_membrane(xs if static else xs[0], th, self.v_init).add_(self.v_offset)
         out, self.v = if_seq(
             xs,
             threshold=th,

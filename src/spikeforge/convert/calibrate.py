@@ -122,6 +122,40 @@ class ActivationRecorder(nn.Module):
             lam = torch.where(lam > 0, lam, torch.full_like(lam, fallback))
         return lam.reshape(threshold_shape(self.sample_shape, self.per_channel))
 
+    def mse_threshold(self, T: int, v_init: float = 0.5, grid: int = 200, max_samples: int = 1 << 20) -> torch.Tensor:
+        """The threshold λ that minimizes the error of ``T``-step rate coding.
+
+        An IF neuron with threshold λ and initial membrane ``v_init·λ`` driven by a
+        constant ``x`` for T steps outputs ``λ/T·clamp(floor(x·T/λ + v_init), 0, T)``;
+        λ is searched over ``grid`` fractions of the recorded maximum (per channel or
+        per layer) to minimize the mean squared difference to ``x`` over the recorded
+        activations (Li et al., "A free lunch from ANN", ICML 2021).
+        """
+        if not self.batches or self.sample_shape is None or self.maximum is None:
+            raise RuntimeError("no calibration data reached this activation")
+        if int(T) != T or T < 1:
+            raise ValueError(f"target_T must be a positive integer, got {T!r}")
+        x = torch.cat(self.samples, dim=1).double()
+        if x.shape[1] > max_samples:
+            idx = torch.randperm(x.shape[1], generator=self.generator)[:max_samples]
+            x = x[:, idx]
+        mx = self.maximum.double().clamp_min(1e-12)
+        best_err = torch.full_like(mx, float("inf"))
+        best = mx.clone()
+        for k in range(1, grid + 1):
+            lam = mx * (k / grid)
+            q = torch.clamp(torch.floor(x * (T / lam[:, None]) + v_init), 0, T) * (lam[:, None] / T)
+            err = (q - x).pow(2).mean(1)
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best = torch.where(better, lam, best)
+        lam = best.float()
+        if (self.maximum <= 0).any():
+            layer = lam[self.maximum > 0]
+            fallback = float(layer.median()) if layer.numel() else 1.0
+            lam = torch.where(self.maximum > 0, lam, torch.full_like(lam, fallback))
+        return lam.reshape(threshold_shape(self.sample_shape, self.per_channel))
+
     @property
     def mean_activation(self) -> float:
         return self.mean_sum / self.count if self.count else 0.0

@@ -14,10 +14,12 @@ from spikeforge.convert.graph import (
     ConversionError,
     fold_batchnorm,
     maxpool_params,
+    move_relu_before_maxpool,
     node_kind,
     trace,
 )
 from spikeforge.layers import POOL_MODES, QCFS, SpikingMaxPool2d
+from spikeforge.functional.neuron import if_seq, initial_membrane
 from spikeforge.neurons import Clock, IFNeuron, SharedIFNeuron, StatefulModule
 
 
@@ -221,6 +223,10 @@ def convert(
     seed: int = 0,
     share_reused_relu: bool = False,
     split_threshold: bool = False,
+    threshold: str = "percentile",
+    correction: str = "none",
+    target_T: int | None = None,
+    correction_batches: int = 1,
 ) -> SpikingModel:
     """Convert a trained ANN into a :class:`SpikingModel` of integrate-and-fire neurons.
 
@@ -242,6 +248,18 @@ def convert(
         mem_budget_mb: activation memory one chunk of time steps may use.
         channels_last: run 4-D activations in the channels-last layout (several times
             faster convolutions on CPU for the few channels of segmentation nets).
+        threshold: ``"percentile"`` (the ``percentile`` of the activations) or ``"mse"``
+            (the threshold that minimizes the error of ``target_T``-step rate coding,
+            searched per layer or channel; Li et al., ICML 2021). QCFS sites always keep
+            their learnt ceiling.
+        correction: after thresholds are set, compare the SNN's mean output over
+            ``target_T`` steps with the ANN's on ``correction_batches`` calibration
+            batches, layer by layer, and remove the per-channel mean difference:
+            ``"bias"`` adds it to each neuron's input current at every step,
+            ``"potential"`` adds ``target_T`` times it to the initial membrane;
+            ``"none"`` (default) leaves the SNN as converted.
+        target_T: the number of steps the SNN will be read out after (needed by
+            ``threshold="mse"`` and by the corrections).
         share_reused_relu: reproduce the fault of converters that replace modules by
             name (for ablations only): all call sites of one ``nn.ReLU`` module share a
             single neuron — one threshold from their pooled statistics and one membrane
@@ -254,8 +272,14 @@ def convert(
         raise ValueError(f"reset must be 'subtract' or 'zero', got {reset!r}")
     if not 0 < percentile <= 100:
         raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+    _check_method(threshold, correction, target_T, max_spikes, share_reused_relu)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"convert() needs a torch.nn.Module, got {type(model).__name__}")
+    if calibration_data is None:
+        raise TypeError("convert() needs calibration data (a tensor of inputs or an iterable of batches), got None")
     gm = trace(model)
     fold_batchnorm(gm)
+    move_relu_before_maxpool(gm)
     graph = gm.graph
 
     recorders: dict[str, ActivationRecorder] = {}
@@ -315,18 +339,44 @@ def convert(
     if not recorders:
         raise ConversionError("the model has no ReLU to turn into spiking neurons")
 
-    # Calibration: run the ANN (now with recorders) over several batches.
+    # Calibration: run the ANN (now with recorders) over several batches, every
+    # spiking max-pool acting as the ANN's max-pool meanwhile.
+    pools = [m for m in gm.modules() if isinstance(m, SpikingMaxPool2d)]
+    for m in pools:
+        m.analog = True
     input_numel = 0
+    ann_outputs: dict[str, list[torch.Tensor]] = {name: [] for name in recorders}
+    correction_inputs: list[torch.Tensor] = []
+    hooks = []
+    if correction != "none":
+        for name, rec in recorders.items():
+            hooks.append(rec.register_forward_hook(
+                lambda m, i, o, name=name: ann_outputs[name].append(o.detach().float().clone())))
     with torch.no_grad():
         for xb in _calibration_batches(calibration_data, batch_size, max_batches):
             gm(xb)
             input_numel = max(input_numel, math.prod(xb.shape[1:]))
+            if hooks:
+                correction_inputs.append(xb)
+                if len(correction_inputs) >= correction_batches:
+                    for h in hooks:
+                        h.remove()
+                    hooks = []
+    for h in hooks:
+        h.remove()
+    for m in pools:
+        m.analog = False
 
     sites: list[SiteInfo] = []
     for name, rec in recorders.items():
         if rec.batches == 0:
             raise ConversionError(f"activation '{site_nodes[name]}' received no calibration data")
-        lam = fixed[name] if name in fixed else rec.threshold(percentile)
+        if name in fixed:
+            lam = fixed[name]
+        elif threshold == "mse":
+            lam = rec.mse_threshold(int(target_T), v_init=v_init)
+        else:
+            lam = rec.threshold(percentile)
         if split_threshold:
             lam = lam / max_spikes
         shared = "+" in site_nodes[name]
@@ -355,8 +405,121 @@ def convert(
         percentile=percentile, per_channel=per_channel, reset=reset, max_spikes=max_spikes,
         v_init=v_init, maxpool=maxpool, mem_budget_mb=mem_budget_mb, channels_last=channels_last,
         share_reused_relu=share_reused_relu, split_threshold=split_threshold,
+        threshold=threshold, correction=correction, target_T=target_T,
     )
-    return SpikingModel(gm, Clock(), sites, options, output_static=output_static, input_numel=input_numel)
+    snn = SpikingModel(gm, Clock(), sites, options, output_static=output_static, input_numel=input_numel)
+    if correction != "none":
+        targets = {name: torch.cat(v) for name, v in ann_outputs.items()}
+        snn.correction_report = correct_layerwise(snn, targets, correction_inputs, int(target_T), correction)
+    return snn
+
+
+METHODS_THRESHOLD = ("percentile", "mse")
+METHODS_CORRECTION = ("none", "bias", "potential")
+
+
+def _check_method(threshold: str, correction: str, target_T: int | None, max_spikes: int, shared: bool) -> None:
+    if threshold not in METHODS_THRESHOLD:
+        raise ValueError(f"threshold must be one of {METHODS_THRESHOLD}, got {threshold!r}")
+    if correction not in METHODS_CORRECTION:
+        raise ValueError(f"correction must be one of {METHODS_CORRECTION}, got {correction!r}")
+    needs_T = threshold == "mse" or correction != "none"
+    if needs_T and (target_T is None or int(target_T) != target_T or target_T < 1):
+        raise ValueError(f"threshold={threshold!r} with correction={correction!r} needs target_T, a positive "
+                         f"number of steps, got {target_T!r}")
+    if needs_T and max_spikes != 1:
+        raise ConversionError(f"threshold={threshold!r}/correction={correction!r} are for binary spikes; "
+                              f"max_spikes={max_spikes} (burst spikes) is not supported with them")
+    if correction != "none" and shared:
+        raise ConversionError(f"correction={correction!r} is not supported with share_reused_relu=True")
+
+
+def _channel_mean(y: torch.Tensor, per_channel: bool = True) -> torch.Tensor:
+    """Mean of ``[N, C, ...]`` over every dimension but C, shaped ``[C, 1, ...]``."""
+    if y.dim() < 2:
+        return y.mean().reshape(())
+    dims = [0] + list(range(2, y.dim()))
+    return y.float().mean(dim=dims).reshape(y.shape[1], *([1] * (y.dim() - 2)))
+
+
+#: Candidate shifts of the corrections, in units of one quantum θ/T (bias) or of θ (potential).
+CORRECTION_GRID = torch.linspace(-1.0, 1.0, 41)
+
+
+@torch.no_grad()
+def correct_layerwise(snn: SpikingModel, ann_outputs: dict[str, torch.Tensor], inputs: list[torch.Tensor],
+                      T: int, kind: str) -> dict[str, dict[str, float]]:
+    """Bias or potential correction, one neuron layer after the other (earliest first).
+
+    For each layer: run the SNN ``T`` steps on ``inputs`` (earlier layers already
+    corrected) and record the layer's input currents; then, per channel, choose the
+    shift that makes the layer's ``T``-step mean output closest (squared error) to the
+    ANN's activation ``ann_outputs[name]`` on the same images — a constant input
+    current of ``u·θ/T`` (``"bias"``) or an initial-membrane offset of ``u·θ``
+    (``"potential"``), ``u`` from :data:`CORRECTION_GRID` (0 = no change, so a layer
+    never gets worse on these images). Choosing by the squared error rather than
+    moving the mean by the mean difference matters: a channel whose many inactive
+    units sit just below the rounding point (a constant background) flips as a whole
+    under a mean shift and overshoots.
+
+    Returns, per layer, the mean squared error before and after its correction.
+    """
+    neurons = snn.neurons()
+    report: dict[str, dict[str, float]] = {}
+    x_all = torch.cat(inputs) if len(inputs) > 1 else inputs[0]
+    for name, neuron in neurons.items():
+        chunks: list[torch.Tensor] = []
+
+        def pre_hook(m, args):
+            x = args[0]
+            if m.static_input and snn.clock.input_static:
+                chunks.append(x.unsqueeze(0).expand(snn.clock.steps, *x.shape).clone())
+            else:
+                chunks.append(x.reshape(snn.clock.steps, -1, *x.shape[1:]).clone())
+
+        h = neuron.register_forward_pre_hook(pre_hook)
+        try:
+            snn(x_all, T, record=False)
+        finally:
+            h.remove()
+        currents = torch.cat(chunks).contiguous()  # [T, N, ...] input of this layer (its bias not yet added)
+        target = ann_outputs[name].float()
+        th = neuron.threshold
+        th_b = th if th.numel() > 1 else float(th)
+        base_bias = neuron.input_bias
+        base = currents + base_bias if base_bias is not None else currents
+
+        def layer_error(bias: torch.Tensor | float | None, v0: torch.Tensor | None) -> torch.Tensor:
+            x = base if bias is None else base + bias
+            v = None
+            if v0 is not None:
+                v = initial_membrane(x[0], th_b, neuron.v_init).add_(v0)
+            out, _ = if_seq(x, threshold=th_b, v=v, v_init=neuron.v_init, reset=neuron.reset, scale_output=True)
+            diff = out.mean(0) - target
+            return _channel_mean(diff * diff)
+
+        best_err = layer_error(None, neuron.v_offset)
+        before = float(best_err.mean())
+        best_u = torch.zeros_like(best_err)
+        th_c = th.reshape(-1, *([1] * (best_err.dim() - 1))) if th.numel() > 1 else th
+        for u in CORRECTION_GRID.tolist():
+            if u == 0.0:
+                continue
+            if kind == "bias":
+                err = layer_error(u * th_c / T, neuron.v_offset)
+            else:
+                off = u * th_c
+                err = layer_error(None, off if neuron.v_offset is None else neuron.v_offset + off)
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best_u = torch.where(better, torch.full_like(best_u, u), best_u)
+        shift = best_u * th_c / T if kind == "bias" else best_u * th_c
+        if kind == "bias":
+            neuron.input_bias = shift if base_bias is None else base_bias + shift
+        else:
+            neuron.v_offset = shift if neuron.v_offset is None else neuron.v_offset + shift
+        report[name] = {"mse_before": before, "mse_after": float(best_err.mean())}
+    return report
 
 
 def _swap_for_module(graph: fx.Graph, node: fx.Node, name: str) -> None:

@@ -178,11 +178,27 @@ def _foldable(layer: nn.Module, bn: nn.Module) -> bool:
     return channels == bn.num_features
 
 
+def _is_maxpool(gm: fx.GraphModule, node: Any) -> bool:
+    if not isinstance(node, fx.Node):
+        return False
+    if node.op == "call_module":
+        return isinstance(gm.get_submodule(str(node.target)), nn.MaxPool2d)
+    return node.op == "call_function" and node.target in MAXPOOL_FUNCTIONS
+
+
+def _bn_scale_positive(bn: nn.Module) -> bool:
+    if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.running_var is None:
+        return False
+    return bn.weight is None or bool((bn.weight.detach() > 0).all())
+
+
 def fold_batchnorm(gm: fx.GraphModule) -> int:
     """Fold every BatchNorm that directly follows a conv/linear used only by it.
 
-    Returns the number of folded BatchNorms. BatchNorms that cannot be folded stay as
-    affine layers, which are exact on spike trains too.
+    A BatchNorm behind a max-pool of such a conv (conv → max-pool → BN) folds too when
+    every channel's scale is positive: the affine map is then increasing and commutes
+    with the max. Returns the number of folded BatchNorms. BatchNorms that cannot be
+    folded stay as affine layers, which are exact on spike trains too.
     """
     folded = 0
     modules = dict(gm.named_modules())
@@ -190,6 +206,17 @@ def fold_batchnorm(gm: fx.GraphModule) -> int:
         if node.op != "call_module" or not isinstance(modules[str(node.target)], nn.modules.batchnorm._BatchNorm):
             continue
         src = node.args[0]
+        if _is_maxpool(gm, src) and len(src.users) == 1 and _bn_scale_positive(modules[str(node.target)]):
+            conv = src.args[0]
+            if (isinstance(conv, fx.Node) and conv.op == "call_module" and len(conv.users) == 1
+                    and _foldable(modules[str(conv.target)], modules[str(node.target)])):
+                name = f"sf_fused_{conv.name}"
+                gm.add_submodule(name, fold_bn_into(modules[str(conv.target)], modules[str(node.target)]))
+                conv.target = name
+                node.replace_all_uses_with(src)
+                gm.graph.erase_node(node)
+                folded += 1
+            continue
         if not isinstance(src, fx.Node) or src.op != "call_module" or len(src.users) != 1:
             continue
         layer, bn = modules[str(src.target)], modules[str(node.target)]
@@ -205,6 +232,33 @@ def fold_batchnorm(gm: fx.GraphModule) -> int:
     gm.delete_all_unused_submodules()
     gm.recompile()
     return folded
+
+
+def move_relu_before_maxpool(gm: fx.GraphModule) -> int:
+    """Rewrite every ``relu(max_pool(x))`` as ``max_pool(relu(x))`` (the same function).
+
+    Holds for ReLU and for QCFS, both non-decreasing, which commute with a max.
+    The pool then acts on the neuron's spikes instead of on analog currents. Only
+    pools whose single user is the ReLU are moved. Returns the number of rewrites.
+    """
+    moved = 0
+    for node in list(gm.graph.nodes):
+        if node.op in ("placeholder", "output", "get_attr") or node_kind(gm, node) != "relu":
+            continue
+        pool = node.args[0]
+        if not _is_maxpool(gm, pool) or len(pool.users) != 1:
+            continue
+        x = pool.args[0]
+        # relu now takes the pool's input; the pool takes the relu's output
+        node.replace_all_uses_with(pool)
+        node.args = (x,) + tuple(node.args[1:])
+        pool.args = (node,) + tuple(pool.args[1:])
+        pool.prepend(node)  # the activation now runs first
+        moved += 1
+    if moved:
+        gm.graph.lint()
+        gm.recompile()
+    return moved
 
 
 def maxpool_params(gm: fx.GraphModule, node: fx.Node) -> dict[str, Any]:

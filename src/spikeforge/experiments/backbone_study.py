@@ -33,7 +33,9 @@ import torch
 from spikeforge.convert import convert
 from spikeforge.data import dataset_names
 from spikeforge.evaluate import evaluate_snn
-from spikeforge.experiments.common import command_line, environment, load_split_tensors, positive_int
+from spikeforge.experiments.common import (
+    add_val_split_argument, command_line, environment, eval_split_name, load_split_tensors, positive_int,
+)
 from spikeforge.io import write_json, write_text
 from spikeforge.models import create_model
 from spikeforge.models.backbones import ACTIVATIONS
@@ -111,6 +113,7 @@ PRESETS: dict[str, Preset] = {
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="fashion-mnist", choices=dataset_names())
     p.add_argument("--data-dir", default=None, help="folder with the dataset files")
+    add_val_split_argument(p)
     p.add_argument("--preset", choices=tuple(PRESETS), default="cpu")
     p.add_argument("--out", default="runs/backbones")
     p.add_argument("--models", default=None,
@@ -192,7 +195,7 @@ class Study:
     def __init__(self, args: argparse.Namespace, preset: Preset, out: Path) -> None:
         self.args, self.preset, self.out = args, preset, out
         self.loads = _parse_loads(args.load)
-        train, test, self.classes = load_split_tensors(args.dataset, args.data_dir)
+        train, test, self.classes = load_split_tensors(args.dataset, args.data_dir, args.val_split)
         self.train = _subset(train, preset.train_limit, args.seed)
         self.test = _subset(test, preset.test_limit, args.seed + 1)
         self.in_channels = int(self.train[0].shape[1])
@@ -211,6 +214,8 @@ class Study:
             "arch": entry.arch, "pretraining": entry.pretraining, "dataset": self.args.dataset,
             "width": p.width, "train_limit": p.train_limit, "seed": self.args.seed, "activation": p.activation,
         }
+        if self.args.val_split:
+            cfg["val_split"] = self.args.val_split  # trained without the held-out images
         if entry.name in self.loads:
             cfg["loaded_from"] = str(self.loads[entry.name].resolve())
         elif entry.pretraining == "simclr":
@@ -297,6 +302,8 @@ class Study:
         result = {
             "ann_accuracy": ann_acc,
             "snn_accuracy": {str(t + 1): a for t, a in enumerate(acc)},
+            "eval_split": eval_split_name(self.args.val_split),
+            "n_eval": len(self.test[1]),
             "arch": entry.arch,
             "pretraining": entry.pretraining,
             "shared_neuron": entry.shared_neuron,
@@ -330,7 +337,9 @@ def _report(metrics: dict[str, Any], meta: dict[str, Any]) -> str:
         "",
         f"Command: `{meta['command']}`",
         "",
-        f"Dataset **{meta['dataset']}** ({meta['n_train']} training / {meta['n_test']} test images), preset "
+        f"Dataset **{meta['dataset']}** ({meta['n_train']} training / {meta['n_test']} "
+        f"{'held-out validation' if meta.get('eval_split') == 'val' else 'test'} images; every ANN and SNN "
+        f"figure is measured on those {meta['n_test']} images), preset "
         f"**{meta['preset_name']}** (width ×{meta['preset']['width']:g}, {meta['preset']['epochs']} epochs). "
         f"Activation in training: **{meta['preset']['activation']}**"
         + (" (quantized clip-floor-shift; its learnt ceilings are the thresholds)" if meta['preset']['activation'] == "qcfs"
@@ -406,6 +415,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "preset": asdict(preset),
         "n_train": len(study.train[1]),
         "n_test": len(study.test[1]),
+        "eval_split": eval_split_name(args.val_split),
         "wall_seconds": time.perf_counter() - t0,
         "environment": environment(),
     }

@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-from spikeforge.data import load_dataset
+from spikeforge.data import DataError, load_dataset
+from spikeforge.data.split import stratified_split
 
 
 #: Datasets of 28×28 grayscale images: the inputs of LeNet5 and the seed-002/004 networks.
@@ -38,11 +39,65 @@ def percentile_value(text: str) -> float:
     return value
 
 
-def load_split_tensors(name: str, data_dir: str | None) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor], list[str]]:
-    """((x_train, y_train), (x_test, y_test), class names) with images as float in [0, 1]."""
+def nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def add_val_split_argument(p: argparse.ArgumentParser) -> None:
+    """``--val-split N``: evaluate on N held-out training images instead of the test split."""
+    p.add_argument(
+        "--val-split", type=nonnegative_int, default=0, metavar="N",
+        help="hold out N training images (stratified, fixed seed) and evaluate on them "
+             "instead of the test split (0 = use the test split)",
+    )
+
+
+#: Seed of the validation split: fixed, so every run and model sees the same held-out images.
+VAL_SPLIT_SEED = 0
+
+
+def load_split_tensors(
+    name: str, data_dir: str | None, val_split: int = 0,
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor], list[str]]:
+    """((x_train, y_train), (x_eval, y_eval), class names) with images as float in [0, 1].
+
+    With ``val_split`` N > 0 the evaluation set is N training images held out by
+    :func:`~spikeforge.data.split.stratified_split` (seed :data:`VAL_SPLIT_SEED`) and
+    the test split is never read; otherwise it is the test split. See :func:`eval_split_name`.
+    """
     train = load_dataset(name, "train", data_dir=data_dir)
-    test = load_dataset(name, "test", data_dir=data_dir)
+    if val_split:
+        if val_split >= len(train.labels):
+            raise DataError(
+                f"--val-split {val_split} holds out every image: the {name} training set has "
+                f"{len(train.labels)} images"
+            )
+        train_idx, val_idx = stratified_split(train.labels, val_split, seed=VAL_SPLIT_SEED)
+        x = train.as_float()
+        return (x[train_idx], train.labels[train_idx]), (x[val_idx], train.labels[val_idx]), list(train.classes)
+    try:
+        test = load_dataset(name, "test", data_dir=data_dir, download=_canonical(name) != "cifar10")
+    except DataError as exc:
+        raise DataError(
+            f"{exc}\nNo test split for {name}: pass --val-split N to hold out N training "
+            "images for evaluation instead (e.g. --val-split 10000)."
+        ) from exc
     return (train.as_float(), train.labels), (test.as_float(), test.labels), list(test.classes)
+
+
+def _canonical(name: str) -> str:
+    return name.lower().replace("_", "-")
+
+
+def eval_split_name(val_split: int) -> str:
+    """``"val"`` when a validation split is held out, else ``"test"`` (metrics.json ``eval_split``)."""
+    return "val" if val_split else "test"
 
 
 def environment() -> dict[str, Any]:

@@ -18,7 +18,10 @@ from typing import Any
 
 import torch
 
-from spikeforge.experiments.common import GRAYSCALE_28, command_line, environment, load_split_tensors, positive_int, read_json
+from spikeforge.experiments.common import (
+    GRAYSCALE_28, add_val_split_argument, command_line, environment, eval_split_name, load_split_tensors,
+    positive_int, read_json,
+)
 from spikeforge.experiments.registry import Experiment
 from spikeforge.io import write_json, write_text
 from spikeforge.models import create_model
@@ -65,6 +68,7 @@ def _adder(name: str):
     def add_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument("--dataset", default="mnist-sample", choices=GRAYSCALE_28)
         p.add_argument("--data-dir", default=None, help="folder with the dataset files")
+        add_val_split_argument(p)
         p.add_argument("--out", default=f"runs/{name}")
         p.add_argument("--epochs", type=positive_int, default=d["epochs"])
         p.add_argument("--T", type=positive_int, default=d["T"], help="time steps")
@@ -130,7 +134,7 @@ def _train_one(name, args, out: Path, model_cfg, train, test, classes) -> dict[s
     t0 = time.perf_counter()
     history = fit_snn(
         model, train, test, cfg, out_dir=out, resume=args.resume, progress=not args.no_progress,
-        model_config={"name": name, **model_cfg},
+        model_config={"name": name, **model_cfg, **({"val_split": args.val_split} if args.val_split else {})},
     )
     wall = time.perf_counter() - t0
     # predictions on 10 random test images
@@ -147,6 +151,7 @@ def _train_one(name, args, out: Path, model_cfg, train, test, classes) -> dict[s
         "dataset": args.dataset,
         "n_train": len(train[1]),
         "n_test": len(test[1]),
+        "eval_split": eval_split_name(args.val_split),
         "test_accuracy": history[-1]["test_accuracy"],
         "best_test_accuracy": max(h["test_accuracy"] for h in history),
         "train_accuracy": history[-1]["train_accuracy"],
@@ -169,7 +174,8 @@ def _report(m: dict[str, Any]) -> str:
         "",
         f"Command: `{m['command']}`",
         "",
-        f"Dataset **{m['dataset']}** ({m['n_train']} train / {m['n_test']} test). Model: "
+        f"Dataset **{m['dataset']}** ({m['n_train']} train / {m['n_test']} "
+        f"{'held-out validation' if m.get('eval_split') == 'val' else 'test'}; the 'test' columns are on that set). Model: "
         + ", ".join(f"{k}={v}" for k, v in m["model"].items()) + ". Training: "
         + ", ".join(f"{k}={v}" for k, v in m["training"].items()) + ".",
         "",
@@ -219,6 +225,7 @@ def _sweep(args: argparse.Namespace, out: Path, train, test, classes) -> dict[st
     best = max(rows, key=lambda r: r["test_accuracy"])
     metrics = {
         "experiment": "fc-lif-sweep", "command": command_line(), "dataset": args.dataset,
+        "eval_split": eval_split_name(args.val_split),
         "test_accuracy": best["test_accuracy"], "best": best, "sweep": rows, "epochs": args.epochs,
         "environment": environment(),
     }
@@ -243,7 +250,7 @@ def _runner(name: str):
     def run(args: argparse.Namespace) -> dict[str, Any]:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        train, test, classes = load_split_tensors(args.dataset, args.data_dir)
+        train, test, classes = load_split_tensors(args.dataset, args.data_dir, args.val_split)
         if args.train_limit:
             train = (train[0][: args.train_limit], train[1][: args.train_limit])
         if name == "fc-lif" and args.sweep:

@@ -13,7 +13,9 @@ from spikeforge.convert import convert
 from spikeforge.evaluate import evaluate_snn
 from spikeforge.experiments.common import (
     GRAYSCALE_28,
+    add_val_split_argument,
     command_line,
+    eval_split_name,
     environment,
     load_split_tensors,
     percentile_value,
@@ -32,6 +34,7 @@ TRAIN_KEYS = ("dataset", "epochs", "batch_size", "lr", "seed", "augment_shift")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="mnist-sample", choices=GRAYSCALE_28)
     p.add_argument("--data-dir", default=None, help="folder with the dataset files")
+    add_val_split_argument(p)
     p.add_argument("--epochs", type=positive_int, default=15)
     p.add_argument("--T", type=positive_int, default=128, help="evaluate steps 1..T")
     p.add_argument("--out", default="runs/lenet5-convert")
@@ -56,6 +59,8 @@ def _train_or_load(args: argparse.Namespace, out: Path, train, test) -> tuple[to
     model = create_model("lenet5", in_channels=train[0].shape[1], num_classes=10)
     ckpt = out / "lenet5.pt"
     config = {k: getattr(args, k) for k in TRAIN_KEYS}
+    if args.val_split:
+        config["val_split"] = args.val_split  # another training set (absent: the full one, as before)
     if ckpt.exists() and not args.retrain:
         try:
             payload = load_checkpoint(ckpt, required=("model", "config", "history"))
@@ -82,6 +87,10 @@ def _train_note(m: dict[str, Any]) -> str:
     return "loaded from cache" if m["checkpoint_reused"] else f"{m['train_seconds']:.0f} s"
 
 
+def _split_words(m: dict[str, Any]) -> str:
+    return "held-out validation" if m.get("eval_split") == "val" else "test"
+
+
 def _report(m: dict[str, Any]) -> str:
     acc = m["snn_accuracy"]
     T = len(acc)
@@ -93,8 +102,8 @@ def _report(m: dict[str, Any]) -> str:
         "",
         f"Command: `{m['command']}`",
         "",
-        f"Dataset: **{m['dataset']}** ({m['n_train']} train / {m['n_test']} test images). "
-        f"ANN test accuracy: **{m['ann_accuracy']:.4f}**.",
+        f"Dataset: **{m['dataset']}** ({m['n_train']} train / {m['n_test']} {_split_words(m)} images). "
+        f"ANN {_split_words(m)} accuracy: **{m['ann_accuracy']:.4f}**.",
         "",
         "Conversion: " + ", ".join(f"{k}={v}" for k, v in m["conversion"].items()),
         "",
@@ -131,7 +140,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
-    train, test, _classes = load_split_tensors(args.dataset, args.data_dir)
+    train, test, _classes = load_split_tensors(args.dataset, args.data_dir, args.val_split)
     t0 = time.perf_counter()
     model, history, reused = _train_or_load(args, out, train, test)
     train_seconds = time.perf_counter() - t0
@@ -158,6 +167,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "dataset": args.dataset,
         "n_train": len(train[1]),
         "n_test": len(test[1]),
+        "eval_split": eval_split_name(args.val_split),
         "epochs": args.epochs,
         "ann_accuracy": ann_acc,
         "snn_accuracy": snn_acc,

@@ -16,9 +16,9 @@ class Experiment:
 
 
 def _all() -> dict[str, Experiment]:
-    from spikeforge.experiments import direct_train, lenet5_convert, unet_convert
+    from spikeforge.experiments import cifar_convert, direct_train, lenet5_convert, unet_convert
 
-    exps = [lenet5_convert.EXPERIMENT, *direct_train.EXPERIMENTS, unet_convert.EXPERIMENT]
+    exps = [lenet5_convert.EXPERIMENT, cifar_convert.EXPERIMENT, *direct_train.EXPERIMENTS, unet_convert.EXPERIMENT]
     return {e.name: e for e in exps}
 
 

@@ -14,13 +14,49 @@ from spikeforge.data import iterate_batches
 from spikeforge.data.augment import random_crop_flip, random_shift
 
 
+def _warmup_linear(step: int, total: int, warmup: float) -> float:
+    """Learning-rate factor: linear 0.1 → 1 over ``warmup``·total steps, then linear 1 → 0."""
+    w = max(1, int(round(warmup * total)))
+    if step < w:
+        return 0.1 + 0.9 * step / w
+    return max(0.0, (total - step) / max(1, total - w))
+
+
+def _make_optimizer(model: nn.Module, kind: str, lr: float, weight_decay: float, momentum: float, bias_lr_scale: float) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if kind == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    norm_ids = set()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            norm_ids.update(id(p) for p in m.parameters())
+    weights = [p for p in params if p.dim() > 1]
+    norm = [p for p in params if id(p) in norm_ids]
+    other = [p for p in params if p.dim() <= 1 and id(p) not in norm_ids]
+    groups = [dict(params=weights, lr=lr, weight_decay=weight_decay)]
+    if norm:
+        groups.append(dict(params=norm, lr=lr * bias_lr_scale, weight_decay=weight_decay / bias_lr_scale))
+    if other:
+        groups.append(dict(params=other, lr=lr, weight_decay=0.0))
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
+
+
 @torch.no_grad()
-def evaluate_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> tuple[float, float]:
+def evaluate_classifier(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000,
+    *, bf16: bool = False, channels_last: bool = False,
+) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) of ``model`` in eval mode."""
     model.eval()
     correct, loss, n = 0, 0.0, 0
+    if len(labels) == 0:
+        raise ValueError("evaluate_classifier: no images to evaluate")
     for xb, yb in iterate_batches(images, labels, batch_size, shuffle=False):
-        out = model(xb)
+        if channels_last and xb.dim() == 4:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(xb)
+        out = out.float()
         loss += float(F.cross_entropy(out, yb, reduction="sum"))
         correct += int((out.argmax(1) == yb).sum())
         n += yb.numel()
@@ -41,25 +77,65 @@ def train_classifier(
     seed: int = 0,
     progress: bool = True,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    optimizer: str = "adamw",
+    momentum: float = 0.9,
+    schedule: str = "onecycle",
+    warmup: float = 0.15,
+    label_smoothing: float = 0.0,
+    bias_lr_scale: float = 1.0,
+    bf16: bool = False,
+    channels_last: bool = False,
+    start_epoch: int = 1,
+    history: list[dict[str, float]] | None = None,
+    opt_state: dict | None = None,
+    on_state: Callable[[int, dict], None] | None = None,
 ) -> list[dict[str, float]]:
     """Train with AdamW and a cosine learning-rate schedule; returns per-epoch history.
 
     ``train``/``test`` are ``(images float [N, C, H, W], labels int64 [N])``.
     ``augment_shift`` translates training images by up to that many pixels (a random
     crop of the padded image); ``flip`` adds random horizontal flips.
+
+    The fast-recipe options (defaults keep the AdamW/one-cycle behaviour):
+    ``optimizer="sgd"`` is Nesterov SGD with ``momentum``; ``schedule="linear"`` warms
+    up linearly over the first ``warmup`` fraction of steps and then decays linearly to
+    zero; ``weight_decay`` applies to weights only (not to biases or BatchNorm
+    parameters) with SGD; ``bias_lr_scale`` multiplies the learning rate of BatchNorm
+    biases (their weight decay is divided by it, so the decay per step stays the same);
+    ``label_smoothing`` goes to the cross-entropy; ``bf16`` trains under bfloat16
+    autocast and ``channels_last`` in the channels-last memory layout.
+
+    Resuming: ``on_state(epoch, state)`` is called after every epoch with the
+    optimizer/scheduler/generator state and the history so far (``state["history"]``);
+    pass the state back as ``opt_state`` with ``start_epoch=epoch + 1`` and that
+    ``history`` to continue exactly.
     """
+    if optimizer not in ("adamw", "sgd"):
+        raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {optimizer!r}")
+    if schedule not in ("onecycle", "linear"):
+        raise ValueError(f"schedule must be 'onecycle' or 'linear', got {schedule!r}")
+    if not 0 <= label_smoothing < 1:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     x_train, y_train = train
     steps_per_epoch = math.ceil(len(y_train) / batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.15
-    )
-    history: list[dict[str, float]] = []
-    for epoch in range(1, epochs + 1):
+    total_steps = epochs * steps_per_epoch
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    opt = _make_optimizer(model, optimizer, lr, weight_decay, momentum, bias_lr_scale)
+    if schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=total_steps, pct_start=warmup)
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: _warmup_linear(step, total_steps, warmup))
+    if opt_state is not None:
+        opt.load_state_dict(opt_state["optimizer"])
+        sched.load_state_dict(opt_state["scheduler"])
+        gen.set_state(opt_state["generator"])
+    history = list(history or [])
+    for epoch in range(start_epoch, epochs + 1):
         model.train()
         seen, correct, total_loss = 0, 0, 0.0
         bar = tqdm(
@@ -72,8 +148,12 @@ def train_classifier(
         )
         for xb, yb in bar:
             xb = random_crop_flip(xb, pad=augment_shift, generator=gen) if flip else random_shift(xb, augment_shift, gen)
-            out = model(xb)
-            loss = F.cross_entropy(out, yb)
+            if channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out = model(xb)
+            out = out.float()
+            loss = F.cross_entropy(out, yb, label_smoothing=label_smoothing)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {float(loss)} at epoch {epoch}; lower the learning rate")
             opt.zero_grad(set_to_none=True)
@@ -87,11 +167,16 @@ def train_classifier(
                 bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
         row = {"epoch": epoch, "train_loss": total_loss / seen, "train_accuracy": correct / seen}
         if test is not None:
-            row["test_accuracy"], row["test_loss"] = evaluate_classifier(model, *test)
+            row["test_accuracy"], row["test_loss"] = evaluate_classifier(model, *test, bf16=bf16, channels_last=channels_last)
         history.append(row)
         msg = ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch")
         tqdm.write(f"epoch {epoch}/{epochs}: {msg}")
+        if on_state is not None:
+            on_state(epoch, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                             "generator": gen.get_state(), "history": list(history)})
         if on_epoch is not None:
             on_epoch(epoch, row)
+    if channels_last:
+        model.to(memory_format=torch.contiguous_format)
     model.eval()
     return history

@@ -1,0 +1,308 @@
+"""``spikeforge run cifar-convert``: the fast CIFAR-10 recipe, converted and evaluated at every step.
+
+Trains :class:`~spikeforge.models.fastnet.FastNet` (``cifar-fast``) with the fast
+recipe — frozen patch-whitening first conv, BN with learnt biases only (their
+learning rate ×64), Nesterov SGD with a linear warm-up and linear decay, label
+smoothing, random flips and 2-pixel translations, bf16 autocast in the
+channels-last layout — then converts it to integrate-and-fire neurons with binary
+spikes and evaluates the SNN after every step.
+
+The training writes ``checkpoint.pt`` after every epoch (``--resume`` continues
+exactly) and ``model.pt`` when done, which later runs with the same training options
+reuse (``--retrain`` ignores it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spikeforge.convert import convert
+from spikeforge.data import dataset_names
+from spikeforge.evaluate import evaluate_snn
+from spikeforge.experiments.common import (
+    add_val_split_argument,
+    command_line,
+    environment,
+    eval_split_name,
+    load_split_tensors,
+    percentile_value,
+    positive_int,
+)
+from spikeforge.experiments.registry import Experiment
+from spikeforge.io import write_json, write_text
+from spikeforge.models import create_model
+from spikeforge.models.backbones import ACTIVATIONS
+from spikeforge.models.fastnet import POOLS, init_whitening
+from spikeforge.plots import plot_accuracy_vs_T, plot_bars, plot_history
+from spikeforge.train import CheckpointError, evaluate_classifier, load_checkpoint, save_checkpoint, train_classifier
+
+#: Options that change the trained network (a cached model is reused only when all match).
+TRAIN_KEYS = (
+    "dataset", "val_split", "epochs", "batch_size", "lr", "weight_decay", "momentum", "bias_lr_scale",
+    "warmup", "label_smoothing", "translate", "widths", "pool", "activation", "levels", "precision", "seed",
+)
+
+
+def _widths(text: str) -> list[int]:
+    try:
+        vals = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three comma-separated channel counts, got {text!r}") from None
+    if len(vals) != 3 or min(vals) < 1:
+        raise argparse.ArgumentTypeError(f"expected three positive channel counts, got {text!r}")
+    return vals
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return value
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not (value >= 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="cifar10", choices=dataset_names())
+    p.add_argument("--data-dir", default=None, help="folder with the dataset files")
+    add_val_split_argument(p)
+    p.add_argument("--out", default="runs/cifar-convert")
+    p.add_argument("--epochs", type=positive_int, default=16)
+    p.add_argument("--T", type=positive_int, default=64, help="evaluate steps 1..T")
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--lr", type=_positive_float, default=0.375, help="SGD learning rate (mean loss over the batch)")
+    p.add_argument("--weight-decay", type=_nonneg_float, default=1.33e-3, help="of conv/linear weights")
+    p.add_argument("--momentum", type=_fraction, default=0.85, help="Nesterov momentum")
+    p.add_argument("--bias-lr-scale", type=_positive_float, default=64.0, help="learning-rate factor of BN biases")
+    p.add_argument("--warmup", type=_fraction, default=0.2, help="fraction of steps of linear warm-up")
+    p.add_argument("--label-smoothing", type=_fraction, default=0.2)
+    p.add_argument("--translate", type=int, choices=range(0, 9), default=2, metavar="PIXELS",
+                   help="random translation of training images (0-8 pixels); flips always on")
+    p.add_argument("--widths", type=_widths, default=[64, 256, 256], help="channels of the three blocks")
+    p.add_argument("--pool", choices=POOLS, default="max")
+    p.add_argument("--activation", choices=ACTIVATIONS, default="relu")
+    p.add_argument("--levels", type=positive_int, default=8, help="QCFS quantization levels L")
+    p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
+                   help="training arithmetic: bf16 autocast + channels-last (default) or plain fp32")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--percentile", type=percentile_value, default=99.99)
+    p.add_argument("--per-channel", action="store_true", help="per-channel thresholds")
+    p.add_argument("--maxpool", choices=("lipool", "gated", "plain"), default="lipool")
+    p.add_argument("--calib-batches", type=positive_int, default=8, help="batches of 256 training images")
+    p.add_argument("--snn-limit", type=positive_int, default=None,
+                   help="evaluate the SNN on the first N evaluation images only (default: all)")
+    p.add_argument("--eval-batch-size", type=positive_int, default=250)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted training from checkpoint.pt")
+    p.add_argument("--retrain", action="store_true", help="ignore a trained model.pt in --out")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _config(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in ((k, getattr(args, k)) for k in TRAIN_KEYS)}
+
+
+def _build(args: argparse.Namespace, in_channels: int, num_classes: int) -> torch.nn.Module:
+    return create_model("cifar-fast", in_channels=in_channels, num_classes=num_classes, widths=tuple(args.widths),
+                        pool=args.pool, act=args.activation, levels=args.levels)
+
+
+def _train_or_load(args, out: Path, train, test, num_classes: int) -> tuple[torch.nn.Module, list, bool, float]:
+    config = _config(args)
+    model = _build(args, train[0].shape[1], num_classes)
+    final, ckpt = out / "model.pt", out / "checkpoint.pt"
+    if final.exists() and not args.retrain:
+        try:
+            payload = load_checkpoint(final, required=("model", "config", "history", "train_seconds"))
+            if payload["config"] == config:
+                model.load_state_dict(payload["model"])
+                print(f"loaded the trained network from {final} (same training options)")
+                return model.eval(), list(payload["history"]), True, float(payload["train_seconds"])
+            print(f"{final} was trained with other options; training again")
+        except (CheckpointError, RuntimeError) as exc:
+            print(f"warning: {final}: {exc}; training again")
+    start, history, opt_state, spent = 1, [], None, 0.0
+    if args.resume:
+        payload = load_checkpoint(ckpt, required=("model", "config", "history", "epoch", "state", "train_seconds"))
+        if payload["config"] != config:
+            diff = sorted(k for k in config if payload["config"].get(k) != config[k])
+            raise CheckpointError(f"{ckpt} was written with other training options ({', '.join(diff)}); "
+                                  "rerun with the same options or drop --resume")
+        try:
+            model.load_state_dict(payload["model"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"{ckpt}: the saved weights do not fit this network: {exc}") from exc
+        start, history, opt_state = int(payload["epoch"]) + 1, list(payload["history"]), payload["state"]
+        spent = float(payload["train_seconds"])
+        print(f"resuming from {ckpt} after epoch {payload['epoch']}")
+    else:
+        torch.manual_seed(args.seed)
+        model = _build(args, train[0].shape[1], num_classes)
+        gen = torch.Generator().manual_seed(args.seed)
+        init_whitening(model, train[0][torch.randperm(len(train[1]), generator=gen)[:5000]])
+    t0 = time.perf_counter()
+    bf16 = args.precision == "bf16"
+
+    def on_state(epoch: int, state: dict) -> None:
+        state = dict(state)
+        done = state.pop("history")
+        save_checkpoint(ckpt, {"model": model.state_dict(), "config": config, "history": done,
+                               "epoch": epoch, "state": state, "train_seconds": spent + time.perf_counter() - t0})
+
+    if start <= args.epochs:
+        history = train_classifier(
+            model, train, test, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+            weight_decay=args.weight_decay, momentum=args.momentum, optimizer="sgd", schedule="linear",
+            warmup=args.warmup, label_smoothing=args.label_smoothing, bias_lr_scale=args.bias_lr_scale,
+            augment_shift=args.translate, flip=True, bf16=bf16, channels_last=bf16, seed=args.seed,
+            progress=not args.no_progress, start_epoch=start, history=history, opt_state=opt_state,
+            on_state=on_state,
+        )
+    train_seconds = spent + time.perf_counter() - t0
+    save_checkpoint(final, {"model": model.state_dict(), "config": config, "history": history,
+                            "train_seconds": train_seconds})
+    return model.eval(), history, False, train_seconds
+
+
+def _report(m: dict[str, Any]) -> str:
+    acc = m["snn_accuracy"]
+    T = len(acc)
+    shown = [t for t in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if t <= T]
+    if T not in shown:
+        shown.append(T)
+    split = "held-out validation" if m["eval_split"] == "val" else "test"
+    lines = [
+        "# Fast CIFAR-10 network: ANN → SNN conversion",
+        "",
+        f"Command: `{m['command']}`",
+        "",
+        f"Dataset **{m['dataset']}**: {m['n_train']} training images; evaluation on {m['n_test']} {split} images "
+        f"(the SNN on {m['n_snn_eval']} of them).",
+        "",
+        f"Network: `cifar-fast`, widths {m['training']['widths']}, {m['training']['pool']} pooling, "
+        f"{m['training']['activation']} activation, {m['parameters']:,} parameters. Training: {m['epochs']} epochs, "
+        f"{m['training']['precision']}, batch {m['training']['batch_size']}, Nesterov SGD lr {m['training']['lr']} "
+        f"(warm-up {m['training']['warmup']}, then linear decay), label smoothing {m['training']['label_smoothing']}, "
+        f"flip + {m['training']['translate']}-pixel translation; {m['train_seconds'] / 60:.1f} min of training "
+        f"({'loaded from cache' if m['checkpoint_reused'] else 'this run'}).",
+        "",
+        f"ANN {split} accuracy: **{m['ann_accuracy']:.4f}** (on the SNN's images: {m['ann_accuracy_snn_images']:.4f}).",
+        "",
+        "Conversion: binary spikes, " + ", ".join(f"{k}={v}" for k, v in m["conversion"].items()),
+        "",
+        "| T | SNN accuracy | SNN − ANN (pt, same images) |",
+        "|---:|---:|---:|",
+    ]
+    for t in shown:
+        a = acc[str(t)]
+        lines.append(f"| {t} | {a:.4f} | {100 * (a - m['ann_accuracy_snn_images']):+.2f} |")
+    lines += [
+        "",
+        "![accuracy vs T](accuracy_vs_T.png)",
+        "",
+        "## Firing rates (spikes per neuron per step)",
+        "",
+        "| layer | rate |",
+        "|---|---:|",
+        *[f"| {k} | {v:.4f} |" for k, v in m["firing_rates"].items()],
+        "",
+        f"Speed ({m['environment']['threads']} threads): ANN {m['ann_images_per_second']:.0f} images/s; "
+        f"SNN at T={T} {m['snn_images_per_second']:.1f} images/s.",
+        "",
+        "![training curves](training_curves.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    train, test, classes = load_split_tensors(args.dataset, args.data_dir, args.val_split)
+    h, w = train[0].shape[-2:]
+    if (h, w) not in ((32, 32), (28, 28)):
+        raise ValueError(f"cifar-fast expects 32×32 or 28×28 images, {args.dataset} has {h}×{w}")
+    model, history, reused, train_seconds = _train_or_load(args, out, train, test, len(classes))
+    t0 = time.perf_counter()
+    ann_acc, _ = evaluate_classifier(model, *test, batch_size=500)
+    ann_ips = len(test[1]) / (time.perf_counter() - t0)
+
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    calib = train[0][torch.randperm(len(train[1]), generator=gen)[: 256 * args.calib_batches]]
+    options = dict(percentile=args.percentile, per_channel=args.per_channel, maxpool=args.maxpool)
+    snn = convert(model, calib, batch_size=256, max_batches=args.calib_batches, channels_last=True, **options)
+    n_snn = min(len(test[1]), args.snn_limit or len(test[1]))
+    x_snn, y_snn = test[0][:n_snn], test[1][:n_snn]
+    ann_snn_images = ann_acc if n_snn == len(test[1]) else evaluate_classifier(model, x_snn, y_snn)[0]
+    res = evaluate_snn(snn, x_snn, y_snn, args.T, batch_size=args.eval_batch_size, progress=not args.no_progress)
+    snn_acc = {str(t + 1): a for t, a in enumerate(res["accuracy"])}
+    metrics: dict[str, Any] = {
+        "experiment": "cifar-convert",
+        "command": command_line(),
+        "dataset": args.dataset,
+        "eval_split": eval_split_name(args.val_split),
+        "n_train": len(train[1]),
+        "n_test": len(test[1]),
+        "n_snn_eval": n_snn,
+        "epochs": len(history),
+        "ann_accuracy": ann_acc,
+        "ann_accuracy_snn_images": ann_snn_images,
+        "snn_accuracy": snn_acc,
+        "firing_rates": res["firing_rates"],
+        "conversion": options,
+        "training": _config(args),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_seconds": train_seconds,
+        "checkpoint_reused": reused,
+        "ann_images_per_second": ann_ips,
+        "snn_images_per_second": res["images_per_second"],
+        "snn_seconds": res["seconds"],
+        "history": history,
+        "environment": environment(),
+    }
+    plot_accuracy_vs_T({"SNN (binary spikes)": res["accuracy"]}, out / "accuracy_vs_T.png",
+                       ann_accuracy=ann_snn_images, title=f"cifar-fast on {args.dataset}: converted SNN")
+    plot_bars(res["firing_rates"], out / "firing_rates.png", title="firing rate per layer", ylabel="spikes / neuron / step")
+    if history:
+        plot_history(history, out / "training_curves.png", title="cifar-fast (ANN) training")
+    write_json(out / "metrics.json", metrics)
+    write_text(out / "report.md", _report(metrics))
+    shown = [t for t in (4, 8, 16, 32, 64, 128) if t <= args.T]
+    print(f"ANN accuracy {ann_acc:.4f}; SNN " + ", ".join(f"T={t}: {snn_acc[str(t)]:.4f}" for t in shown))
+    print(f"wrote {out / 'metrics.json'}, {out / 'report.md'}")
+    return metrics
+
+
+EXPERIMENT = Experiment(
+    name="cifar-convert",
+    description="train the fast CIFAR-10 network, convert it to an SNN, accuracy at every step",
+    add_arguments=add_arguments,
+    run=run,
+)

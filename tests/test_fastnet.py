@@ -1,0 +1,209 @@
+"""The fast CIFAR network, its conversion rewrites, validation splits and cifar-convert."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from spikeforge import convert
+from spikeforge.convert import fold_batchnorm, trace
+from spikeforge.convert.graph import move_relu_before_maxpool
+from spikeforge.data.split import stratified_split
+from spikeforge.models import create_model
+from spikeforge.models.fastnet import init_whitening
+from spikeforge.train.ann import train_classifier
+
+
+def _random_stats(model: nn.Module, seed: int = 0) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.3)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.2)
+    return model.eval()
+
+
+def test_stratified_split_is_balanced_seeded_and_disjoint():
+    labels = torch.tensor([0] * 60 + [1] * 30 + [2] * 10)
+    tr, va = stratified_split(labels, 20, seed=3)
+    assert len(va) == 20 and len(tr) == 80
+    assert set(tr.tolist()).isdisjoint(va.tolist()) and len(set(tr.tolist()) | set(va.tolist())) == 100
+    assert torch.bincount(labels[va], minlength=3).tolist() == [12, 6, 2]
+    tr2, va2 = stratified_split(labels, 20, seed=3)
+    assert torch.equal(va, va2) and torch.equal(tr, tr2)
+    assert not torch.equal(stratified_split(labels, 20, seed=4)[1], va)
+    # the rounding remainder is spread so that exactly n_val images are held out
+    assert len(stratified_split(labels, 7)[1]) == 7
+    for bad in (0, 100, -1):
+        with pytest.raises(ValueError, match="validation split"):
+            stratified_split(labels, bad)
+
+
+def test_whitening_decorrelates_patches():
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(64, 1, 16, 16, generator=g)
+    images = torch.cat([base, 0.5 * base + 0.1 * torch.rand(64, 1, 16, 16, generator=g), torch.rand(64, 1, 16, 16, generator=g)], 1)
+    model = create_model("cifar-fast", widths=(8, 8, 8))
+    init_whitening(model, images)
+    with torch.no_grad():
+        y = model.whiten(images)  # [N, 24, 15, 15]
+    half = y[:, :12].permute(1, 0, 2, 3).reshape(12, -1)
+    assert half.mean(1).abs().max() < 1e-3  # centred by the bias
+    cov = torch.cov(half)
+    off = cov - torch.diag(torch.diag(cov))
+    assert off.abs().max() < 0.05 * torch.diag(cov).max()
+    assert torch.allclose(y[:, 12:], -y[:, :12], atol=1e-5)  # each filter beside its negative
+    assert not model.whiten.weight.requires_grad
+    with pytest.raises(ValueError, match="images"):
+        init_whitening(model, torch.rand(4, 1, 8, 8))
+
+
+def test_fold_bn_through_maxpool_and_relu_moved_behind_it():
+    model = _random_stats(create_model("cifar-fast", widths=(8, 16, 16)))
+    x = torch.rand(6, 3, 32, 32)
+    gm = trace(model)
+    folded = fold_batchnorm(gm)
+    assert folded == 6  # all BNs, including the three behind a max-pool
+    moved = move_relu_before_maxpool(gm)
+    assert moved == 3
+    with torch.no_grad():
+        assert torch.allclose(gm(x), model(x), atol=1e-5)
+    # every max-pool now reads an activation's output
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), nn.MaxPool2d):
+            src = node.args[0]
+            assert src.op == "call_module" and isinstance(gm.get_submodule(str(src.target)), nn.ReLU)
+
+
+def test_bn_with_a_negative_scale_is_not_folded_through_a_maxpool():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2), nn.BatchNorm2d(2), nn.ReLU())
+    net[2].weight.data = torch.tensor([1.0, -1.0])
+    net[2].running_var.fill_(2.0)
+    net.eval()
+    gm = trace(net)
+    assert fold_batchnorm(gm) == 0
+    x = torch.randn(3, 1, 9, 9)
+    with torch.no_grad():
+        assert torch.allclose(gm(x), net(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("pool", ["max", "avg"])
+def test_fastnet_converts_with_small_error(pool):
+    torch.manual_seed(0)
+    model = _random_stats(create_model("cifar-fast", widths=(8, 16, 16), pool=pool))
+    x = torch.rand(16, 3, 32, 32)
+    init_whitening(model, x)
+    model.eval()
+    snn = convert(model, x, percentile=100.0)
+    with torch.no_grad():
+        ref = model(x)
+        out = snn(x, 256).mean(0)
+    err = (out - ref).norm() / ref.norm()
+    assert err < 0.1, float(err)
+    assert len(snn.neurons()) == 7
+
+
+def test_fastnet_options_are_checked():
+    with pytest.raises(ValueError, match="pool"):
+        create_model("cifar-fast", pool="min")
+    with pytest.raises(ValueError, match="widths"):
+        create_model("cifar-fast", widths=(8, 8))
+    with pytest.raises(ValueError, match="activation"):
+        create_model("cifar-fast", act="gelu")
+
+
+def test_sgd_recipe_resumes_exactly():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(96, 1, 28, 28, generator=g), torch.randint(0, 10, (96,), generator=g)
+    kw = dict(epochs=3, batch_size=32, lr=0.05, weight_decay=1e-3, optimizer="sgd", schedule="linear",
+              label_smoothing=0.2, bias_lr_scale=8, augment_shift=2, flip=True, progress=False, seed=1)
+
+    def fresh():
+        torch.manual_seed(5)
+        return create_model("cifar-fast", in_channels=1, widths=(4, 8, 8))
+
+    full = fresh()
+    h_full = train_classifier(full, (x, y), **kw)
+    states = {}
+    part = fresh()
+    train_classifier(part, (x, y), **{**kw, "epochs": 3}, on_state=lambda e, s: states.setdefault(e, copy.deepcopy((s, part.state_dict()))))
+    resumed = fresh()
+    state, weights = states[1]
+    resumed.load_state_dict(weights)
+    h_res = train_classifier(resumed, (x, y), **kw, start_epoch=2, history=state["history"], opt_state=state)
+    assert [r["train_loss"] for r in h_res] == pytest.approx([r["train_loss"] for r in h_full])
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def _write_cifar(folder, n_per_batch=60, with_test=True, seed=0):
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+
+    def batch(n):
+        labels = np.arange(n) % 10
+        imgs = rng.integers(0, 60, size=(n, 3, 32, 32), dtype=np.uint8)
+        for i, c in enumerate(labels):  # a learnable class cue: brightness of one channel band
+            imgs[i, c % 3, (c // 3) * 8:(c // 3) * 8 + 8] += 150
+        out = bytearray()
+        for im, lab in zip(imgs, labels):
+            out.append(int(lab))
+            out += im.tobytes()
+        return bytes(out)
+
+    for i in range(1, 6):
+        (folder / f"data_batch_{i}.bin").write_bytes(batch(n_per_batch))
+    if with_test:
+        (folder / "test_batch.bin").write_bytes(batch(n_per_batch))
+    return folder
+
+
+@pytest.fixture
+def no_network(monkeypatch, tmp_path):
+    from spikeforge.data import cifar as cifar_mod
+    from spikeforge.data import download as download_mod
+
+    monkeypatch.delenv("SPIKEFORGE_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    monkeypatch.setattr(download_mod, "fetch_url", lambda *a, **k: (_ for _ in ()).throw(AssertionError("network")))
+    cifar_mod._load_cached.cache_clear()
+
+
+def test_cifar_convert_with_val_split_end_to_end(tmp_path, no_network):
+    from spikeforge.cli import main
+
+    data = _write_cifar(tmp_path / "cifar-10-batches-bin", with_test=False)
+    out = tmp_path / "run"
+    args = ["run", "cifar-convert", "--data-dir", str(data), "--val-split", "100", "--epochs", "2",
+            "--widths", "8,16,16", "--T", "12", "--calib-batches", "1", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["eval_split"] == "val" and m["n_test"] == 100 and m["n_train"] == 200
+    assert sorted(m["snn_accuracy"], key=int) == [str(t) for t in range(1, 13)]
+    assert 0 <= m["ann_accuracy"] <= 1 and not m["checkpoint_reused"] and len(m["history"]) == 2
+    for name in ("report.md", "accuracy_vs_T.png", "firing_rates.png", "training_curves.png", "model.pt", "checkpoint.pt"):
+        assert (out / name).stat().st_size > 0
+    assert "held-out validation" in (out / "report.md").read_text()
+    assert main(args) == 0
+    assert json.loads((out / "metrics.json").read_text())["checkpoint_reused"]
+    # resume from the per-epoch checkpoint continues after the last finished epoch
+    (out / "model.pt").unlink()
+    assert main(args + ["--resume"]) == 0
+    assert len(json.loads((out / "metrics.json").read_text())["history"]) == 2
+
+
+def test_cifar_without_test_batch_needs_val_split(tmp_path, no_network, capsys):
+    from spikeforge.cli import main
+
+    data = _write_cifar(tmp_path / "cifar-10-batches-bin", with_test=False)
+    rc = main(["run", "cifar-convert", "--data-dir", str(data), "--epochs", "1", "--out", str(tmp_path / "r")])
+    assert rc != 0
+    err = capsys.readouterr().err
+    assert "test_batch.bin" in err and "--val-split" in err
