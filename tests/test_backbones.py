@@ -19,6 +19,7 @@ from spikeforge.train.simclr import nt_xent, pretrain_simclr, random_views
 
 # Input of each registered model at a small size: (kwargs, input shape, output kind).
 SMALL = {
+    "cifar-fast": ({"widths": (4, 8, 8)}, (3, 3, 32, 32)),
     "lenet5": ({}, (3, 1, 28, 28)),
     "unet": ({"width": 4, "depth": 2}, (2, 1, 32, 32)),
     "fc-lif": ({"hidden": 16, "T": 3}, (3, 1, 28, 28)),
@@ -232,7 +233,8 @@ def test_qcfs_forward_and_its_one_layer_conversion_is_exact_after_L_steps():
     model = nn.Sequential(nn.Linear(6, 16), QCFS(levels=4, threshold=1.5), nn.Linear(16, 3)).eval()
     inp = torch.randn(32, 6)
     snn = convert(model, inp)
-    assert [float(n.threshold) for n in snn.neurons().values()] == [1.5]  # the learnt λ, no percentile
+    # the learnt λ as the ANN uses it (|λ| + 1e-6), no percentile
+    assert [float(n.threshold) for n in snn.neurons().values()] == [float(model[1].ceiling.detach())]
     out = snn(inp, 4).mean(0)  # the average over T = L steps
     with torch.no_grad():
         assert torch.allclose(out, model(inp), atol=1e-5)
@@ -241,7 +243,7 @@ def test_qcfs_forward_and_its_one_layer_conversion_is_exact_after_L_steps():
 def test_qcfs_backbones_convert_with_their_learnt_thresholds():
     torch.manual_seed(0)
     model = create_model("resnet18", in_channels=1, width=1 / 16, act="qcfs").eval()
-    lams = [float(m.threshold) for m in model.modules() if m.__class__.__name__ == "QCFS"]
+    lams = [float(m.ceiling.detach()) for m in model.modules() if m.__class__.__name__ == "QCFS"]
     x = torch.rand(8, 1, 16, 16)
     snn = convert(model, x)
     assert len(snn.neurons()) == 17

@@ -207,3 +207,26 @@ def test_cifar_without_test_batch_needs_val_split(tmp_path, no_network, capsys):
     assert rc != 0
     err = capsys.readouterr().err
     assert "test_batch.bin" in err and "--val-split" in err
+
+
+def test_lenet5_convert_val_split_and_few_step_method(tmp_path):
+    from spikeforge.cli import main
+
+    out = tmp_path / "run"
+    args = ["run", "lenet5-convert", "--epochs", "1", "--T", "8", "--calib-batches", "1", "--val-split", "500",
+            "--threshold", "mse", "--correction", "bias", "--target-T", "4", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["eval_split"] == "val" and m["n_test"] == 500 and m["n_train"] == 3500
+    assert m["conversion"]["threshold"] == "mse" and m["conversion"]["target_T"] == 4
+    assert "bias correction for T=4" in (out / "report.md").read_text()
+    # without --val-split the sample's own test split is used
+    assert main(args[:8] + ["--out", str(tmp_path / "r2"), "--no-progress"]) == 0
+    assert json.loads((tmp_path / "r2" / "metrics.json").read_text())["eval_split"] == "test"
+
+
+def test_target_T_alone_is_refused(tmp_path, capsys):
+    from spikeforge.cli import main
+
+    rc = main(["run", "lenet5-convert", "--epochs", "1", "--target-T", "4", "--out", str(tmp_path / "r")])
+    assert rc != 0 and "--target-T" in capsys.readouterr().err

@@ -215,8 +215,13 @@ class QCFS(nn.Module):
     def extra_repr(self) -> str:
         return f"levels={self.levels}, threshold={float(self.threshold):.4g}"
 
+    @property
+    def ceiling(self) -> torch.Tensor:
+        """λ as used in the forward pass: ``|threshold| + 1e-6`` (positive whatever the parameter's sign)."""
+        return self.threshold.abs() + 1e-6
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lam = self.threshold.abs() + 1e-6
+        lam = self.ceiling
         y = torch.clamp(x / lam, 0, 1) * self.levels
         y = y + (torch.floor(y + 0.5) - y).detach()  # straight-through floor
         return y * (lam / self.levels)

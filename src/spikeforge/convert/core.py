@@ -299,7 +299,7 @@ def convert(
             rec = ActivationRecorder(per_channel=per_channel, seed=seed + counter, allow_shapes=share_reused_relu)
             if node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), QCFS):
                 rec.activation = gm.get_submodule(str(node.target))
-                fixed[name] = rec.activation.threshold.detach().abs().clone()  # the trained ceiling λ
+                fixed[name] = rec.activation.ceiling.detach().clone()  # the trained ceiling λ
             gm.add_submodule(name, rec)
             recorders[name] = rec
             site_nodes[name] = node.name

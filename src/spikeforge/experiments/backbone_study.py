@@ -34,7 +34,8 @@ from spikeforge.convert import convert
 from spikeforge.data import dataset_names
 from spikeforge.evaluate import evaluate_snn
 from spikeforge.experiments.common import (
-    add_val_split_argument, command_line, environment, eval_split_name, load_split_tensors, positive_int,
+    add_method_arguments, add_val_split_argument, command_line, environment, eval_split_name, load_split_tensors,
+    method_name, method_options, positive_int,
 )
 from spikeforge.io import write_json, write_text
 from spikeforge.models import create_model
@@ -126,6 +127,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--activation", choices=ACTIVATIONS, default=None,
                    help="train with qcfs (quantized clip-floor-shift; converts in few steps) or plain relu "
                         "(thresholds from activation percentiles); default: the preset's (relu)")
+    p.add_argument("--levels", type=positive_int, default=8, help="QCFS quantization levels L")
+    add_method_arguments(p, activation=False)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
 
@@ -205,8 +208,9 @@ class Study:
         self.timings: dict[str, dict[str, float]] = {}
 
     def build(self, entry: Entry) -> torch.nn.Module:
+        extra = {"levels": self.args.levels} if self.preset.activation == "qcfs" else {}
         return create_model(entry.arch, in_channels=self.in_channels, num_classes=len(self.classes),
-                            width=self.preset.width, image_size=self.image_size, act=self.preset.activation)
+                            width=self.preset.width, image_size=self.image_size, act=self.preset.activation, **extra)
 
     def train_config(self, entry: Entry) -> dict[str, Any]:
         p = self.preset
@@ -216,6 +220,8 @@ class Study:
         }
         if self.args.val_split:
             cfg["val_split"] = self.args.val_split  # trained without the held-out images
+        if p.activation == "qcfs" and self.args.levels != 8:
+            cfg["levels"] = self.args.levels
         if entry.name in self.loads:
             cfg["loaded_from"] = str(self.loads[entry.name].resolve())
         elif entry.pretraining == "simclr":
@@ -273,8 +279,12 @@ class Study:
 
     def conversion_options(self, entry: Entry) -> dict[str, Any]:
         p = self.preset
-        return dict(percentile=p.percentile, max_spikes=p.max_spikes, split_threshold=p.max_spikes > 1, v_init=0.5,
+        opts = dict(percentile=p.percentile, max_spikes=p.max_spikes, split_threshold=p.max_spikes > 1, v_init=0.5,
                     reset="subtract", maxpool="lipool", share_reused_relu=entry.shared_neuron)
+        method = method_options(self.args)
+        if method and not entry.shared_neuron:  # the ablation keeps the seed's plain converter
+            opts.update(method)
+        return opts
 
     def evaluate(self, entry: Entry) -> dict[str, Any]:
         model, info = self.model(entry)
@@ -397,6 +407,7 @@ def _figures(metrics: dict[str, Any], out: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    method_options(args)  # bad method options fail before any work
     preset = _preset(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -25,8 +25,11 @@ from spikeforge.convert import convert
 from spikeforge.data import dataset_names
 from spikeforge.evaluate import evaluate_snn
 from spikeforge.experiments.common import (
+    add_method_arguments,
     add_val_split_argument,
     command_line,
+    method_name,
+    method_options,
     environment,
     eval_split_name,
     load_split_tensors,
@@ -93,7 +96,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="folder with the dataset files")
     add_val_split_argument(p)
     p.add_argument("--out", default="runs/cifar-convert")
-    p.add_argument("--epochs", type=positive_int, default=16)
+    p.add_argument("--epochs", type=positive_int, default=12, help="12 ≈ 20 min on 2 cores (40k images)")
     p.add_argument("--T", type=positive_int, default=64, help="evaluate steps 1..T")
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--lr", type=_positive_float, default=0.375, help="SGD learning rate (mean loss over the batch)")
@@ -115,6 +118,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-channel", action="store_true", help="per-channel thresholds")
     p.add_argument("--maxpool", choices=("lipool", "gated", "plain"), default="lipool")
     p.add_argument("--calib-batches", type=positive_int, default=8, help="batches of 256 training images")
+    add_method_arguments(p, activation=False)
     p.add_argument("--snn-limit", type=positive_int, default=None,
                    help="evaluate the SNN on the first N evaluation images only (default: all)")
     p.add_argument("--eval-batch-size", type=positive_int, default=250)
@@ -213,7 +217,8 @@ def _report(m: dict[str, Any]) -> str:
         "",
         f"ANN {split} accuracy: **{m['ann_accuracy']:.4f}** (on the SNN's images: {m['ann_accuracy_snn_images']:.4f}).",
         "",
-        "Conversion: binary spikes, " + ", ".join(f"{k}={v}" for k, v in m["conversion"].items()),
+        f"Method: **{m['method']}**. Conversion: binary spikes, "
+        + ", ".join(f"{k}={v}" for k, v in m["conversion"].items()),
         "",
         "| T | SNN accuracy | SNN − ANN (pt, same images) |",
         "|---:|---:|---:|",
@@ -241,6 +246,7 @@ def _report(m: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    method_options(args)  # bad method options fail before any work
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} exists and is not a folder")
@@ -257,6 +263,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(args.seed + 1)
     calib = train[0][torch.randperm(len(train[1]), generator=gen)[: 256 * args.calib_batches]]
     options = dict(percentile=args.percentile, per_channel=args.per_channel, maxpool=args.maxpool)
+    options.update(method_options(args))
     snn = convert(model, calib, batch_size=256, max_batches=args.calib_batches, channels_last=True, **options)
     n_snn = min(len(test[1]), args.snn_limit or len(test[1]))
     x_snn, y_snn = test[0][:n_snn], test[1][:n_snn]
@@ -277,6 +284,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "snn_accuracy": snn_acc,
         "firing_rates": res["firing_rates"],
         "conversion": options,
+        "method": method_name(options, args.activation, args.levels),
         "training": _config(args),
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_seconds": train_seconds,

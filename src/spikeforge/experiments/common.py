@@ -95,6 +95,48 @@ def _canonical(name: str) -> str:
     return name.lower().replace("_", "-")
 
 
+def add_method_arguments(p: argparse.ArgumentParser, *, activation: bool = True) -> None:
+    """The few-step conversion options shared by every conversion experiment and the study."""
+    from spikeforge.models.backbones import ACTIVATIONS
+
+    p.add_argument("--threshold", choices=("percentile", "mse"), default="percentile",
+                   help="thresholds from an activation percentile, or the error-minimizing threshold for --target-T steps")
+    p.add_argument("--correction", choices=("none", "bias", "potential"), default="none",
+                   help="layer-wise calibration of the SNN against the ANN for --target-T steps")
+    p.add_argument("--target-T", type=positive_int, default=None,
+                   help="steps the mse threshold and the corrections aim at (default 16)")
+    if activation:
+        p.add_argument("--activation", choices=ACTIVATIONS, default="relu",
+                       help="relu, or qcfs: train with the quantized clip-floor-shift activation (its learnt "
+                            "ceilings become the thresholds)")
+        p.add_argument("--levels", type=positive_int, default=8, help="QCFS quantization levels L")
+
+
+def method_options(args: argparse.Namespace) -> dict[str, Any]:
+    """convert() keywords of the few-step options (empty for the defaults, so old caches stay valid)."""
+    out: dict[str, Any] = {}
+    if args.threshold != "percentile" or args.correction != "none":
+        out.update(threshold=args.threshold, correction=args.correction, target_T=args.target_T or 16)
+    elif args.target_T is not None:
+        raise ValueError("--target-T is used only with --threshold mse or --correction bias|potential")
+    return out
+
+
+def method_name(options: dict[str, Any], activation: str = "relu", levels: int | None = None) -> str:
+    """A one-line name of the conversion method for reports."""
+    parts = []
+    if activation == "qcfs":
+        parts.append(f"QCFS-trained ANN (L={levels}), θ = learnt ceiling λ")
+    elif options.get("threshold") == "mse":
+        parts.append(f"MSE thresholds for T={options['target_T']}")
+    else:
+        parts.append(f"p={options.get('percentile', 99.99)} percentile thresholds")
+    corr = options.get("correction", "none")
+    if corr != "none":
+        parts.append(f"{corr} correction for T={options['target_T']}")
+    return "; ".join(parts)
+
+
 def eval_split_name(val_split: int) -> str:
     """``"val"`` when a validation split is held out, else ``"test"`` (metrics.json ``eval_split``)."""
     return "val" if val_split else "test"

@@ -13,8 +13,11 @@ from spikeforge.convert import convert
 from spikeforge.evaluate import evaluate_snn
 from spikeforge.experiments.common import (
     GRAYSCALE_28,
+    add_method_arguments,
     add_val_split_argument,
     command_line,
+    method_name,
+    method_options,
     eval_split_name,
     environment,
     load_split_tensors,
@@ -50,15 +53,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reset", choices=("subtract", "zero"), default="subtract")
     p.add_argument("--v-init", type=float, default=0.5, help="initial membrane / threshold")
     p.add_argument("--calib-batches", type=positive_int, default=32)
+    add_method_arguments(p)
     p.add_argument("--eval-batch-size", type=positive_int, default=500)
     p.add_argument("--retrain", action="store_true", help="ignore a cached checkpoint in --out")
     p.add_argument("--no-progress", action="store_true")
 
 
+def _build(args: argparse.Namespace, train) -> torch.nn.Module:
+    return create_model("lenet5", in_channels=train[0].shape[1], num_classes=10, act=args.activation, levels=args.levels)
+
+
 def _train_or_load(args: argparse.Namespace, out: Path, train, test) -> tuple[torch.nn.Module, list, bool]:
-    model = create_model("lenet5", in_channels=train[0].shape[1], num_classes=10)
-    ckpt = out / "lenet5.pt"
+    model = _build(args, train)
+    ckpt = out / "lenet5.pt" if args.activation == "relu" else out / f"lenet5-qcfs-L{args.levels}.pt"
     config = {k: getattr(args, k) for k in TRAIN_KEYS}
+    if args.activation != "relu":
+        config.update(activation=args.activation, levels=args.levels)
     if args.val_split:
         config["val_split"] = args.val_split  # another training set (absent: the full one, as before)
     if ckpt.exists() and not args.retrain:
@@ -74,7 +84,7 @@ def _train_or_load(args: argparse.Namespace, out: Path, train, test) -> tuple[to
                 return model, list(payload["history"]), True
             print(f"{ckpt} was trained with another config; training again")
     torch.manual_seed(args.seed)
-    model = create_model("lenet5", in_channels=train[0].shape[1], num_classes=10)
+    model = _build(args, train)
     history = train_classifier(
         model, train, test, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         augment_shift=args.augment_shift, seed=args.seed, progress=not args.no_progress,
@@ -105,7 +115,8 @@ def _report(m: dict[str, Any]) -> str:
         f"Dataset: **{m['dataset']}** ({m['n_train']} train / {m['n_test']} {_split_words(m)} images). "
         f"ANN {_split_words(m)} accuracy: **{m['ann_accuracy']:.4f}**.",
         "",
-        "Conversion: " + ", ".join(f"{k}={v}" for k, v in m["conversion"].items()),
+        f"Method: **{m.get('method', 'percentile thresholds')}**. Conversion: "
+        + ", ".join(f"{k}={v}" for k, v in m["conversion"].items()),
         "",
         "| T | SNN accuracy | SNN − ANN (pt) |",
         "|---:|---:|---:|",
@@ -137,6 +148,7 @@ def _report(m: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    method_options(args)  # bad method options fail before any work
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
@@ -157,6 +169,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     if args.split_threshold:
         options["split_threshold"] = True
+    options.update(method_options(args))
     snn = convert(model, train[0][calib_idx], batch_size=256, max_batches=args.calib_batches, **options)
     res = evaluate_snn(snn, *test, args.T, batch_size=args.eval_batch_size, progress=not args.no_progress)
     snn_acc = {str(t + 1): a for t, a in enumerate(res["accuracy"])}
@@ -174,6 +187,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "largest_drop_after_T16": largest_drop([float(a) for a in res["accuracy"]], start=16),
         "firing_rates": res["firing_rates"],
         "conversion": options,
+        "method": method_name(options, args.activation, args.levels),
+        "activation": args.activation,
         "ann_images_per_second": ann_ips,
         "snn_images_per_second": res["images_per_second"],
         "snn_seconds": res["seconds"],

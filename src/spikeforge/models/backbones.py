@@ -59,14 +59,14 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, cin: int, planes: int, stride: int = 1, *, plain: bool = False, act: str = "relu") -> None:
+    def __init__(self, cin: int, planes: int, stride: int = 1, *, plain: bool = False, act: str = "relu", levels: int = 8) -> None:
         super().__init__()
         cout = planes * self.expansion
         self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.relu = make_activation(act)  # called twice (see the module docstring)
+        self.relu = make_activation(act, levels)  # called twice (see the module docstring)
         self.plain = plain
         self.shortcut = _shortcut(cin, cout, stride) if not plain else None
 
@@ -83,7 +83,7 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, cin: int, planes: int, stride: int = 1, *, plain: bool = False, act: str = "relu") -> None:
+    def __init__(self, cin: int, planes: int, stride: int = 1, *, plain: bool = False, act: str = "relu", levels: int = 8) -> None:
         super().__init__()
         cout = planes * self.expansion
         self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
@@ -92,7 +92,7 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, cout, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(cout)
-        self.relu = make_activation(act)  # called three times
+        self.relu = make_activation(act, levels)  # called three times
         self.plain = plain
         self.shortcut = _shortcut(cin, cout, stride) if not plain else None
 
@@ -125,7 +125,7 @@ class ResNet(nn.Module):
 
     def __init__(
         self, depth: int = 18, *, in_channels: int = 3, num_classes: int = 10, width: float = 1.0,
-        plain: bool = False, act: str = "relu",
+        plain: bool = False, act: str = "relu", levels: int = 8,
     ) -> None:
         super().__init__()
         if depth not in RESNET_CONFIGS:
@@ -136,7 +136,7 @@ class ResNet(nn.Module):
         c0 = _ch(64, width)
         self.conv1 = nn.Conv2d(in_channels, c0, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(c0)
-        self.relu = make_activation(act)
+        self.relu = make_activation(act, levels)
         cin = c0
         stages = []
         for i, (n, base) in enumerate(zip(counts, (64, 128, 256, 512))):
@@ -144,7 +144,7 @@ class ResNet(nn.Module):
             blocks = []
             for j in range(n):
                 stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(block(cin, planes, stride, plain=plain, act=act))
+                blocks.append(block(cin, planes, stride, plain=plain, act=act, levels=levels))
                 cin = planes * block.expansion
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
@@ -179,7 +179,7 @@ class VGG(nn.Module):
 
     def __init__(
         self, depth: int = 11, *, in_channels: int = 3, num_classes: int = 10, width: float = 1.0,
-        image_size: int = 32, act: str = "relu",
+        image_size: int = 32, act: str = "relu", levels: int = 8,
     ) -> None:
         super().__init__()
         if depth not in VGG_CONFIGS:
@@ -194,7 +194,7 @@ class VGG(nn.Module):
                     size //= 2
                 continue
             c = _ch(int(v), width)
-            layers += [nn.Conv2d(cin, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), make_activation(act)]
+            layers += [nn.Conv2d(cin, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), make_activation(act, levels)]
             cin = c
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -207,17 +207,18 @@ class VGG(nn.Module):
 
 def _resnet_factory(depth: int, plain: bool):
     def build(in_channels: int = 3, num_classes: int = 10, width: float = 1.0, act: str = "relu",
-              **_: object) -> nn.Module:
-        return ResNet(depth, in_channels=in_channels, num_classes=num_classes, width=width, plain=plain, act=act)
+              levels: int = 8, **_: object) -> nn.Module:
+        return ResNet(depth, in_channels=in_channels, num_classes=num_classes, width=width, plain=plain, act=act,
+                      levels=levels)
 
     return build
 
 
 def _vgg_factory(depth: int):
     def build(in_channels: int = 3, num_classes: int = 10, width: float = 1.0, image_size: int = 32,
-              act: str = "relu", **_: object) -> nn.Module:
+              act: str = "relu", levels: int = 8, **_: object) -> nn.Module:
         return VGG(depth, in_channels=in_channels, num_classes=num_classes, width=width, image_size=image_size,
-                   act=act)
+                   act=act, levels=levels)
 
     return build
 

@@ -119,6 +119,8 @@ def init_whitening(model: FastNet, images: torch.Tensor, eps: float = 5e-4) -> N
 
     Weights: the eigenvectors of the patch covariance scaled by 1/√(λ+ε), each with its
     negative; bias: minus the filters applied to the mean patch (centred responses).
+    ``eps`` is relative to the mean variance of one patch element, so the result does
+    not depend on the pixel scale (raw [0, 1] pixels here, standardized ones elsewhere).
     """
     conv = model.whiten
     c = conv.in_channels
@@ -132,6 +134,7 @@ def init_whitening(model: FastNet, images: torch.Tensor, eps: float = 5e-4) -> N
     mean = patches.mean(0)
     centred = patches - mean
     cov = centred.T @ centred / max(1, len(centred) - 1)
+    eps = eps * float(torch.diagonal(cov).mean())
     eigval, eigvec = torch.linalg.eigh(cov)  # ascending
     k = conv.out_channels // 2
     eigval, eigvec = eigval.flip(0)[:k], eigvec.flip(1)[:, :k]

@@ -1,0 +1,89 @@
+"""Conversion methods side by side on one trained cifar-fast network (binary spikes).
+
+Usage::
+
+    python benchmarks/cifar_methods.py --run runs/cifar-fast --data-dir ../shared/data/cifar10 \
+        --n 2000 --T 64 --method percentile --method mse+bias@16 --method mse+potential@8
+
+``--run`` is the ``--out`` folder of ``spikeforge run cifar-convert`` (its ``model.pt``
+holds the trained weights and the training options, including ``--val-split``); the
+SNNs are evaluated on the first ``--n`` images of the same held-out split. A method is
+``percentile[:p]``, ``mse@T`` or ``mse+bias@T`` / ``mse+potential@T`` /
+``percentile+bias@T`` (T = the target steps of the threshold search and corrections).
+Prints, per method, the conversion time and accuracy at T = 1, 2, 4, 8, 16, 32, 64, and
+writes ``methods.json`` into ``--run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from spikeforge import convert
+from spikeforge.evaluate import evaluate_snn
+from spikeforge.experiments.common import load_split_tensors
+from spikeforge.models import create_model
+from spikeforge.train import evaluate_classifier, load_checkpoint
+
+
+def parse_method(text: str) -> dict:
+    name, _, target = text.partition("@")
+    base, _, corr = name.partition("+")
+    thr, _, p = base.partition(":")
+    if thr not in ("percentile", "mse") or corr not in ("", "bias", "potential"):
+        raise SystemExit(f"bad --method {text!r}")
+    kw: dict = {"percentile": float(p) if p else 99.99}
+    if thr == "mse" or corr:
+        if not target:
+            raise SystemExit(f"--method {text!r} needs @T (target steps)")
+        kw.update(threshold=thr, correction=corr or "none", target_T=int(target))
+    return kw
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", required=True)
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--T", type=int, default=64)
+    ap.add_argument("--method", action="append", default=[])
+    ap.add_argument("--calib-batches", type=int, default=8)
+    args = ap.parse_args()
+    run = Path(args.run)
+    payload = load_checkpoint(run / "model.pt", required=("model", "config"))
+    cfg = payload["config"]
+    train, val, classes = load_split_tensors(cfg["dataset"], args.data_dir, cfg["val_split"])
+    model = create_model("cifar-fast", in_channels=train[0].shape[1], num_classes=len(classes),
+                         widths=tuple(cfg["widths"]), pool=cfg["pool"], act=cfg["activation"], levels=cfg["levels"])
+    model.load_state_dict(payload["model"])
+    model.eval()
+    xs, ys = val[0][: args.n], val[1][: args.n]
+    ann = evaluate_classifier(model, xs, ys)[0]
+    print(f"ANN on the {len(ys)} evaluation images: {ann:.4f} (all {len(val[1])}: {evaluate_classifier(model, *val)[0]:.4f})")
+    gen = torch.Generator().manual_seed(cfg["seed"] + 1)
+    calib = train[0][torch.randperm(len(train[1]), generator=gen)[: 256 * args.calib_batches]]
+    rows = {}
+    for text in args.method or ["percentile"]:
+        kw = parse_method(text)
+        t0 = time.perf_counter()
+        snn = convert(model, calib, batch_size=256, max_batches=args.calib_batches, channels_last=True, **kw)
+        conv_s = time.perf_counter() - t0
+        res = evaluate_snn(snn, xs, ys, args.T, batch_size=250)
+        acc = res["accuracy"]
+        shown = {t: acc[t - 1] for t in (1, 2, 4, 8, 16, 32, 64, 128) if t <= args.T}
+        rows[text] = {"options": kw, "convert_seconds": conv_s, "eval_seconds": res["seconds"],
+                      "snn_accuracy": {str(t + 1): a for t, a in enumerate(acc)}}
+        print(f"{text:24s} convert {conv_s:5.0f} s | " + " ".join(f"T{t}={a:.4f} ({100 * (a - ann):+.2f})"
+                                                             for t, a in shown.items()), flush=True)
+    out = {"ann_accuracy": ann, "n": len(ys), "methods": rows, "command": " ".join(sys.argv)}
+    (run / "methods.json").write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

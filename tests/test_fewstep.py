@@ -1,0 +1,175 @@
+"""Few-step conversion with binary spikes: QCFS exactness, MSE thresholds, layer-wise corrections."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spikeforge import ConversionError, convert
+from spikeforge.convert.calibrate import ActivationRecorder
+from spikeforge.layers import QCFS
+
+
+class QNet(nn.Module):
+    """Conv-QCFS, a residual block (add), max-pool, avg-pool and a linear read-out."""
+
+    def __init__(self, levels: int) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(2, 6, 3, padding=1)
+        self.b1 = nn.BatchNorm2d(6)
+        self.a1 = QCFS(levels, threshold=1.3)
+        self.c2 = nn.Conv2d(6, 6, 3, padding=1)
+        self.a2 = QCFS(levels, threshold=0.9)
+        self.pool = nn.MaxPool2d(2)
+        self.c3 = nn.Conv2d(6, 8, 3, padding=1)
+        self.a3 = QCFS(levels, threshold=1.1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        y = self.a1(self.b1(self.c1(x)))
+        y = self.a2(self.c2(y) + y)
+        y = self.pool(y)
+        y = self.a3(self.c3(y))
+        return self.fc(F.adaptive_avg_pool2d(y, 1).flatten(1))
+
+
+def _qnet(levels: int, seed: int = 0) -> QNet:
+    torch.manual_seed(seed)
+    net = QNet(levels)
+    with torch.no_grad():
+        net.b1.running_mean.uniform_(-0.2, 0.2)
+        net.b1.running_var.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+def test_qcfs_at_T_equal_L_1_is_the_ann_exactly():
+    net = _qnet(levels=1)
+    x = torch.randn(32, 2, 8, 8)
+    snn = convert(net, x)
+    with torch.no_grad():
+        ann = net(x)
+        out = snn(x, 1)[0]
+    assert torch.allclose(out, ann, atol=1e-5), float((out - ann).abs().max())
+    assert snn.options["maxpool"] == "lipool"
+
+
+@pytest.mark.parametrize("L", [2, 4, 8])
+def test_first_qcfs_layer_is_exact_at_T_equal_L(L):
+    net = _qnet(levels=L)
+    x = torch.randn(16, 2, 8, 8)
+    snn = convert(net, x)
+    first = snn.neurons()["sf_neuron0"]
+    outs = []
+    h = first.register_forward_hook(lambda m, i, o: outs.append(o))
+    with torch.no_grad():
+        snn(x, L)
+        ann = net.a1(net.b1(net.c1(x)))
+    h.remove()
+    rate = torch.cat(outs).view(L, 16, *ann.shape[1:]).mean(0)
+    assert torch.allclose(rate, ann, atol=1e-5)
+
+
+def test_qcfs_ceiling_stays_positive():
+    q = QCFS(4, threshold=1.0)
+    with torch.no_grad():
+        q.threshold.fill_(-2.0)
+    assert float(q.ceiling.detach()) > 0
+    assert float(q(torch.tensor([5.0])).detach()) == pytest.approx(2.0, rel=1e-5)
+
+
+def test_mse_threshold_finds_the_known_optimum():
+    # 20,000 activations at a and one at 100a, T=1: a threshold of a codes every small
+    # activation exactly and costs (99a)² on the outlier, less than 20,000·a² for λ=100a.
+    a = 0.37
+    rec = ActivationRecorder(samples_per_batch=1 << 20)
+    vals = torch.full((20000,), a)
+    vals[0] = 100 * a
+    rec.record(vals.view(-1, 1))
+    assert float(rec.mse_threshold(1)) == pytest.approx(a, rel=1e-6)
+    # with fewer small activations the outlier wins: λ = max
+    rec2 = ActivationRecorder()
+    vals2 = torch.full((5000,), a)
+    vals2[0] = 100 * a
+    rec2.record(vals2.view(-1, 1))
+    assert float(rec2.mse_threshold(1)) == pytest.approx(100 * a, rel=1e-6)
+
+
+def _relu_net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 12, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(12 * 16, 20), nn.ReLU(), nn.Linear(20, 4),
+    )
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-0.3, 0.3)
+        net[1].running_var.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+def _layer_errors(snn, net, x, T):
+    """Actual per-layer MSE between the SNN's T-step mean and the ANN's activation."""
+    relus = [m for m in net if isinstance(m, nn.ReLU)]
+    ann, got = {}, {}
+    hs = [r.register_forward_hook(lambda m, i, o, k=k: ann.__setitem__(k, o.detach().clone())) for k, r in enumerate(relus)]
+    with torch.no_grad():
+        net(x)
+    for h in hs:
+        h.remove()
+    neurons = list(snn.neurons().values())
+    hs = [n.register_forward_hook(lambda m, i, o, k=k: got.setdefault(k, []).append(o.clone())) for k, n in enumerate(neurons)]
+    with torch.no_grad():
+        snn(x, T)
+    for h in hs:
+        h.remove()
+    return [float(((torch.cat(got[k]).view(T, x.shape[0], *ann[k].shape[1:]).mean(0) - ann[k]) ** 2).mean())
+            for k in range(len(relus))]
+
+
+@pytest.mark.parametrize("kind", ["bias", "potential"])
+def test_corrections_lower_each_layers_error(kind):
+    net = _relu_net()
+    x = torch.randn(64, 3, 8, 8)
+    T = 4
+    plain = convert(net, x, threshold="mse", target_T=T, batch_size=64)
+    fixed = convert(net, x, threshold="mse", correction=kind, target_T=T, batch_size=64)
+    report = fixed.correction_report
+    assert len(report) == 3
+    for r in report.values():
+        assert r["mse_after"] <= r["mse_before"] + 1e-9
+    assert any(r["mse_after"] < 0.9 * r["mse_before"] for r in report.values())
+    # the report is what the SNN really does on those images
+    actual = _layer_errors(fixed, net, x, T)
+    assert actual == pytest.approx([r["mse_after"] for r in report.values()], rel=1e-4, abs=1e-7)
+    before = _layer_errors(plain, net, x, T)
+    assert sum(actual) < sum(before)
+
+
+def test_unsupported_combinations_name_themselves():
+    net = _relu_net()
+    x = torch.randn(8, 3, 8, 8)
+    with pytest.raises(ValueError, match="target_T"):
+        convert(net, x, threshold="mse")
+    with pytest.raises(ConversionError, match="max_spikes=4"):
+        convert(net, x, threshold="mse", target_T=4, max_spikes=4)
+    with pytest.raises(ConversionError, match="share_reused_relu"):
+        convert(net, x, correction="bias", target_T=4, share_reused_relu=True)
+    with pytest.raises(ValueError, match="threshold must be one of"):
+        convert(net, x, threshold="max")
+    with pytest.raises(ValueError, match="correction must be one of"):
+        convert(net, x, correction="weights", target_T=4)
+    with pytest.raises(TypeError, match="nn.Module"):
+        convert("not a model", x)
+    with pytest.raises(TypeError, match="calibration data"):
+        convert(net, None)
+
+
+def test_calibration_sees_the_ann_max_pool():
+    """While calibrating, a spiking max-pool must act as the ANN's max-pool (no time axis)."""
+    net = _relu_net()
+    x = torch.randn(32, 3, 8, 8)
+    snn = convert(net, x, percentile=100.0)
+    with torch.no_grad():
+        h = net[5](net[4](net[3](net[2](net[1](net[0](x))))))
+    assert float(snn.neurons()["sf_neuron1"].threshold) == pytest.approx(float(h.max()), rel=1e-5)
