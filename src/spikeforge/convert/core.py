@@ -18,6 +18,7 @@ from spikeforge.convert.graph import (
     node_kind,
     trace,
 )
+from spikeforge.errors import ConfigError, InputTypeError
 from spikeforge.layers import POOL_MODES, QCFS, SpikingMaxPool2d
 from spikeforge.functional.neuron import if_seq, initial_membrane
 from spikeforge.neurons import Clock, IFNeuron, SharedIFNeuron, StatefulModule
@@ -185,25 +186,28 @@ class SpikingModel(nn.Module):
 def _calibration_batches(data: Any, batch_size: int, max_batches: int | None) -> Iterable[torch.Tensor]:
     """Yield input tensors from a tensor, a list of tensors, or (x, y) batches."""
     if isinstance(data, torch.Tensor):
-        if data.shape[0] == 0:
-            raise ValueError("calibration data is empty")
+        if data.dim() == 0 or data.shape[0] == 0:
+            raise ConfigError(f"calibration data is empty (a tensor of shape {tuple(data.shape)})")
         batches: Iterable[Any] = data.split(batch_size)
-    else:
+    elif isinstance(data, Iterable):
         batches = data
+    else:
+        raise InputTypeError(f"calibration data must be a tensor of inputs or an iterable of batches, "
+                             f"got {type(data).__name__}")
     n = 0
     for b in batches:
         if isinstance(b, (tuple, list)):
             b = b[0]
         if not isinstance(b, torch.Tensor):
-            raise TypeError(f"calibration batches must be tensors or (x, y) pairs, got {type(b).__name__}")
+            raise InputTypeError(f"calibration batches must be tensors or (x, y) pairs, got {type(b).__name__}")
         if not torch.isfinite(b).all():
-            raise ValueError("calibration data contains NaN or infinite values")
+            raise ConfigError("calibration data contains NaN or infinite values")
         yield b.float()
         n += 1
         if max_batches is not None and n >= max_batches:
             break
     if n == 0:
-        raise ValueError("calibration data yielded no batches")
+        raise ConfigError("calibration data yielded no batches")
 
 
 def convert(
@@ -266,17 +270,23 @@ def convert(
             that every site integrates into in turn. The model then runs one step at a
             time, so the sites interleave step by step as in a single-step simulator.
     """
-    if maxpool not in POOL_MODES:
-        raise ValueError(f"maxpool must be one of {POOL_MODES}, got {maxpool!r}")
-    if reset not in ("subtract", "zero"):
-        raise ValueError(f"reset must be 'subtract' or 'zero', got {reset!r}")
-    if not 0 < percentile <= 100:
-        raise ValueError(f"percentile must be in (0, 100], got {percentile}")
-    _check_method(threshold, correction, target_T, max_spikes, share_reused_relu)
     if not isinstance(model, nn.Module):
-        raise TypeError(f"convert() needs a torch.nn.Module, got {type(model).__name__}")
+        raise InputTypeError(f"convert() needs a torch.nn.Module as model, got {type(model).__name__}")
     if calibration_data is None:
-        raise TypeError("convert() needs calibration data (a tensor of inputs or an iterable of batches), got None")
+        raise InputTypeError("convert() needs calibration data (a tensor of inputs or an iterable of batches), got None")
+    if maxpool not in POOL_MODES:
+        raise ConfigError(f"maxpool must be one of {POOL_MODES}, got {maxpool!r}")
+    if reset not in ("subtract", "zero"):
+        raise ConfigError(f"reset must be 'subtract' or 'zero', got {reset!r}")
+    if not 0 < percentile <= 100:
+        raise ConfigError(f"percentile must be in (0, 100], got {percentile}")
+    if not math.isfinite(v_init):
+        raise ConfigError(f"v_init must be a finite number, got {v_init}")
+    if max_batches is not None and max_batches < 1:
+        raise ConfigError(f"max_batches must be >= 1 (None = all batches), got {max_batches}")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    _check_method(threshold, correction, target_T, max_spikes, share_reused_relu)
     gm = trace(model)
     fold_batchnorm(gm)
     move_relu_before_maxpool(gm)
@@ -354,7 +364,12 @@ def convert(
                 lambda m, i, o, name=name: ann_outputs[name].append(o.detach().float().clone())))
     with torch.no_grad():
         for xb in _calibration_batches(calibration_data, batch_size, max_batches):
-            gm(xb)
+            try:
+                gm(xb)
+            except RuntimeError as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ConversionError(f"the calibration data (a batch of shape {tuple(xb.shape)}) does not fit "
+                                      f"{type(model).__name__}: {first}") from exc
             input_numel = max(input_numel, math.prod(xb.shape[1:]))
             if hooks:
                 correction_inputs.append(xb)
@@ -420,12 +435,12 @@ METHODS_CORRECTION = ("none", "bias", "potential")
 
 def _check_method(threshold: str, correction: str, target_T: int | None, max_spikes: int, shared: bool) -> None:
     if threshold not in METHODS_THRESHOLD:
-        raise ValueError(f"threshold must be one of {METHODS_THRESHOLD}, got {threshold!r}")
+        raise ConfigError(f"threshold must be one of {METHODS_THRESHOLD}, got {threshold!r}")
     if correction not in METHODS_CORRECTION:
-        raise ValueError(f"correction must be one of {METHODS_CORRECTION}, got {correction!r}")
+        raise ConfigError(f"correction must be one of {METHODS_CORRECTION}, got {correction!r}")
     needs_T = threshold == "mse" or correction != "none"
     if needs_T and (target_T is None or int(target_T) != target_T or target_T < 1):
-        raise ValueError(f"threshold={threshold!r} with correction={correction!r} needs target_T, a positive "
+        raise ConfigError(f"threshold={threshold!r} with correction={correction!r} needs target_T, a positive "
                          f"number of steps, got {target_T!r}")
     if needs_T and max_spikes != 1:
         raise ConversionError(f"threshold={threshold!r}/correction={correction!r} are for binary spikes; "

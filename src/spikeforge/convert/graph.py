@@ -16,11 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from spikeforge.errors import ConversionError  # the hierarchy's class, re-exported here
 from spikeforge.layers import QCFS
-
-
-class ConversionError(ValueError):
-    """The model cannot be converted; the message names the node and its operation."""
 
 
 # --- operation tables -------------------------------------------------------------

@@ -9,9 +9,7 @@ from typing import Any
 
 import torch
 
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, truncated, corrupt or of the wrong kind."""
+from spikeforge.errors import CheckpointError
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
