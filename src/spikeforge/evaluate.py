@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 
 import torch
-from tqdm import tqdm
 
 from spikeforge.convert import SpikingModel
+from spikeforge.errors import ConfigError, DataError
 from spikeforge.metrics.classification import correct_per_step
+from spikeforge.progress import progress as progress_bar
 
 
 @torch.no_grad()
@@ -27,13 +28,17 @@ def evaluate_snn(
     "seconds": wall time, "images_per_second": ...}``.
     """
     if images.shape[0] != labels.shape[0]:
-        raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
+        raise DataError(f"{images.shape[0]} images but {labels.shape[0]} labels")
+    if len(labels) == 0:
+        raise DataError("evaluate_snn: no images to evaluate (the evaluation set is empty)")
+    if T < 1 or batch_size < 1:
+        raise ConfigError(f"T and batch_size must be >= 1, got {T}, {batch_size}")
     correct = torch.zeros(T, dtype=torch.long)
     spikes: dict[str, float] = {}
     steps: dict[str, int] = {}
     start = time.perf_counter()
     n_batches = (len(labels) + batch_size - 1) // batch_size
-    for i in tqdm(range(n_batches), desc=f"SNN T={T}", disable=not progress, leave=False):
+    for i in progress_bar(range(n_batches), desc=f"SNN T={T}", enabled=progress):
         xb = images[i * batch_size : (i + 1) * batch_size]
         yb = labels[i * batch_size : (i + 1) * batch_size]
         out = snn(xb, T)

@@ -12,6 +12,9 @@ from tqdm import tqdm
 
 from spikeforge.data import iterate_batches
 from spikeforge.data.augment import random_crop_flip, random_shift
+from spikeforge.errors import CheckpointError, ConfigError, DataError
+from spikeforge.progress import progress as progress_bar
+from spikeforge.train.divergence import check_loss, check_lr, check_weights
 
 
 def _warmup_linear(step: int, total: int, warmup: float) -> float:
@@ -50,7 +53,7 @@ def evaluate_classifier(
     model.eval()
     correct, loss, n = 0, 0.0, 0
     if len(labels) == 0:
-        raise ValueError("evaluate_classifier: no images to evaluate")
+        raise DataError("evaluate_classifier: no images to evaluate (the evaluation set is empty)")
     for xb, yb in iterate_batches(images, labels, batch_size, shuffle=False):
         if channels_last and xb.dim() == 4:
             xb = xb.contiguous(memory_format=torch.channels_last)
@@ -111,16 +114,31 @@ def train_classifier(
     ``history`` to continue exactly.
     """
     if optimizer not in ("adamw", "sgd"):
-        raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {optimizer!r}")
+        raise ConfigError(f"optimizer must be 'adamw' or 'sgd', got {optimizer!r}")
     if schedule not in ("onecycle", "linear"):
-        raise ValueError(f"schedule must be 'onecycle' or 'linear', got {schedule!r}")
+        raise ConfigError(f"schedule must be 'onecycle' or 'linear', got {schedule!r}")
     if not 0 <= label_smoothing < 1:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        raise ConfigError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
+        raise ConfigError(f"epochs must be >= 1, got {epochs}")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    lr = check_lr(lr)
+    if not (math.isfinite(weight_decay) and 0 <= weight_decay <= 1e6):
+        raise ConfigError(f"weight_decay must be a finite number in [0, 1e6], got {weight_decay}")
+    if not (math.isfinite(bias_lr_scale) and 0 < bias_lr_scale <= 1e6):
+        raise ConfigError(f"bias_lr_scale must be a finite number in (0, 1e6], got {bias_lr_scale}")
+    if not (0 <= momentum < 1 and 0 <= warmup < 1):
+        raise ConfigError(f"momentum and warmup must be in [0, 1), got {momentum}, {warmup}")
+    if augment_shift < 0:
+        raise ConfigError(f"augment_shift must be >= 0, got {augment_shift}")
+    x_train, y_train = train
+    if len(y_train) == 0:
+        raise DataError("train_classifier: no training images (the training set is empty)")
+    if x_train.shape[0] != y_train.shape[0]:
+        raise DataError(f"train_classifier: {x_train.shape[0]} training images but {y_train.shape[0]} labels")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    x_train, y_train = train
     steps_per_epoch = math.ceil(len(y_train) / batch_size)
     total_steps = epochs * steps_per_epoch
     if channels_last:
@@ -131,22 +149,24 @@ def train_classifier(
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: _warmup_linear(step, total_steps, warmup))
     if opt_state is not None:
-        opt.load_state_dict(opt_state["optimizer"])
-        sched.load_state_dict(opt_state["scheduler"])
-        gen.set_state(opt_state["generator"])
+        try:
+            opt.load_state_dict(opt_state["optimizer"])
+            sched.load_state_dict(opt_state["scheduler"])
+            gen.set_state(opt_state["generator"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"the saved optimizer/scheduler state does not fit this training "
+                                  f"({type(exc).__name__}: {exc})") from exc
     history = list(history or [])
     for epoch in range(start_epoch, epochs + 1):
         model.train()
         seen, correct, total_loss = 0, 0, 0.0
-        bar = tqdm(
+        bar = progress_bar(
             iterate_batches(x_train, y_train, batch_size, shuffle=True, generator=gen),
             total=steps_per_epoch,
             desc=f"epoch {epoch}/{epochs}",
-            disable=not progress,
-            leave=False,
-            mininterval=1.0,
+            enabled=progress,
         )
-        for xb, yb in bar:
+        for i, (xb, yb) in enumerate(bar):
             xb = random_crop_flip(xb, pad=augment_shift, generator=gen) if flip else random_shift(xb, augment_shift, gen)
             if channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
@@ -154,8 +174,7 @@ def train_classifier(
                 out = model(xb)
             out = out.float()
             loss = F.cross_entropy(out, yb, label_smoothing=label_smoothing)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {float(loss)} at epoch {epoch}; lower the learning rate")
+            check_loss(loss, where=f"epoch {epoch}, batch {i + 1}", lr=lr)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -165,6 +184,7 @@ def train_classifier(
             seen += yb.numel()
             if bar.n % 25 == 0:
                 bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
+        check_weights(model, where=f"the end of epoch {epoch}", lr=lr)
         row = {"epoch": epoch, "train_loss": total_loss / seen, "train_accuracy": correct / seen}
         if test is not None:
             row["test_accuracy"], row["test_loss"] = evaluate_classifier(model, *test, bf16=bf16, channels_last=channels_last)

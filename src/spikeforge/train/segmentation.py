@@ -10,6 +10,7 @@ sees the same data as an uninterrupted one).
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -17,10 +18,12 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from spikeforge.data.segmentation import PatchSampler
-from spikeforge.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from spikeforge.errors import ConfigError
+from spikeforge.progress import progress as progress_bar
+from spikeforge.train.checkpoint import CheckpointError, load_checkpoint, load_state, save_checkpoint
+from spikeforge.train.divergence import check_loss, check_lr, check_weights
 
 __all__ = ["bce_dice_loss", "train_segmenter"]
 
@@ -64,8 +67,14 @@ def train_segmenter(
     checkpoint; a checkpoint with another config is ignored (training starts again).
     A finished checkpoint (``done``) is loaded without training.
     """
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    if steps < 1 or batch_size < 1 or save_every < 1 or log_every < 1:
+        raise ConfigError(f"steps, batch_size, save_every and log_every must be >= 1, got {steps}, {batch_size}, "
+                          f"{save_every}, {log_every}")
+    lr = check_lr(lr)
+    if not (math.isfinite(dice_weight) and dice_weight >= 0):
+        raise ConfigError(f"dice_weight must be a finite number >= 0, got {dice_weight}")
+    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ConfigError(f"weight_decay must be a finite number >= 0, got {weight_decay}")
     config = dict(config or {})
     torch.manual_seed(seed)
     if channels_last:
@@ -81,9 +90,13 @@ def train_segmenter(
             print(f"warning: {exc}; training from scratch")
         else:
             if payload["config"] == config:
-                model.load_state_dict(payload["model"])
-                opt.load_state_dict(payload["optimizer"])
-                sched.load_state_dict(payload["scheduler"])
+                load_state(model, payload["model"], ckpt)
+                try:
+                    opt.load_state_dict(payload["optimizer"])
+                    sched.load_state_dict(payload["scheduler"])
+                except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+                    raise CheckpointError(f"{ckpt}: the saved optimizer state does not fit this model "
+                                          f"({type(exc).__name__}: {exc})") from exc
                 start, history, resumed = int(payload["step"]), list(payload["history"]), True
                 if payload["done"]:
                     model.eval()
@@ -93,6 +106,9 @@ def train_segmenter(
                 print(f"{ckpt} was trained with another config; training from scratch")
 
     def save(step: int, done: bool) -> None:
+        kept = (f"the last good checkpoint {ckpt} is intact" if ckpt is not None and ckpt.exists()
+                else "no checkpoint was written")
+        check_weights(model, where=f"step {step}", lr=lr, kept=kept)
         if ckpt is not None:
             save_checkpoint(ckpt, {
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
@@ -102,8 +118,8 @@ def train_segmenter(
     model.train()
     t0 = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
     loss_sum, n = 0.0, 0
-    bar = tqdm(range(start, steps), total=steps, initial=start, desc="train", disable=not progress,
-               leave=False, mininterval=2.0)
+    bar = progress_bar(range(start, steps), total=steps, initial=start, desc="train", enabled=progress,
+                       mininterval=2.0)
     for step in bar:
         xb, yb = sampler.batch(step, batch_size)
         if channels_last:
@@ -111,7 +127,9 @@ def train_segmenter(
         logits = model(xb)
         loss = bce_dice_loss(logits, yb, dice_weight=dice_weight)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {float(loss)} at step {step}; lower the learning rate")
+            kept = (f"the last good checkpoint {ckpt} is intact" if ckpt is not None and ckpt.exists()
+                    else "no checkpoint was written")
+            check_loss(loss, where=f"step {step + 1}", lr=lr, kept=kept)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

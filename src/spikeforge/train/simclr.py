@@ -22,6 +22,9 @@ from torch import nn
 from tqdm import tqdm
 
 from spikeforge.data import iterate_batches
+from spikeforge.errors import ConfigError, DataError, InputTypeError
+from spikeforge.progress import progress as progress_bar
+from spikeforge.train.divergence import check_loss, check_lr, check_weights
 
 __all__ = ["random_views", "nt_xent", "pretrain_simclr", "linear_probe", "extract_features"]
 
@@ -93,9 +96,14 @@ def pretrain_simclr(
     per-epoch history (loss, seconds).
     """
     if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
+        raise ConfigError(f"epochs must be >= 1, got {epochs}")
+    if batch_size < 2:
+        raise ConfigError(f"batch_size must be >= 2 (each image needs other images as negatives), got {batch_size}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ConfigError(f"temperature must be a finite number > 0, got {temperature}")
+    lr = check_lr(lr)
     if not hasattr(model, "features") or not hasattr(model, "num_features"):
-        raise TypeError(f"{type(model).__name__} has no features()/num_features for contrastive pretraining")
+        raise InputTypeError(f"{type(model).__name__} has no features()/num_features for contrastive pretraining")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     d = int(model.num_features)
@@ -104,7 +112,7 @@ def pretrain_simclr(
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     steps = epochs * (len(images) // batch_size)
     if steps < 1:
-        raise ValueError(f"{len(images)} images are fewer than one batch of {batch_size}")
+        raise DataError(f"{len(images)} images are fewer than one batch of {batch_size}")
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     dummy = torch.zeros(len(images), dtype=torch.long)
     history: list[dict[str, float]] = []
@@ -113,20 +121,20 @@ def pretrain_simclr(
         head.train()
         t0, total, n = time.perf_counter(), 0.0, 0
         batches = iterate_batches(images, dummy, batch_size, shuffle=True, generator=gen, drop_last=True)
-        bar = tqdm(batches, total=len(images) // batch_size, desc=f"simclr {epoch}/{epochs}", disable=not progress,
-                   leave=False, mininterval=1.0)
-        for xb, _ in bar:
+        bar = progress_bar(batches, total=len(images) // batch_size, desc=f"simclr {epoch}/{epochs}",
+                           enabled=progress)
+        for i, (xb, _) in enumerate(bar):
             v = torch.cat([random_views(xb, gen), random_views(xb, gen)])
             z = head(model.features(v))
             loss = nt_xent(*z.chunk(2), temperature=temperature)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"contrastive loss became {float(loss)} at epoch {epoch}; lower the learning rate")
+            check_loss(loss, where=f"contrastive pretraining epoch {epoch}, batch {i + 1}", lr=lr)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             total += float(loss.detach()) * xb.shape[0]
             n += xb.shape[0]
+        check_weights(model, head, where=f"the end of contrastive pretraining epoch {epoch}", lr=lr)
         row = {"epoch": epoch, "contrastive_loss": total / n, "seconds": time.perf_counter() - t0}
         history.append(row)
         tqdm.write(f"simclr epoch {epoch}/{epochs}: loss={row['contrastive_loss']:.4f}")
@@ -152,6 +160,11 @@ def linear_probe(
     seed: int = 0,
 ) -> float:
     """Fit ``model.fc`` on frozen features (computed once); returns the train accuracy."""
+    if epochs < 1:
+        raise ConfigError(f"epochs must be >= 1, got {epochs}")
+    lr = check_lr(lr)
+    if len(train[1]) == 0:
+        raise DataError("linear_probe: no training images (the training set is empty)")
     feats = extract_features(model, train[0])
     y = train[1]
     fc: nn.Linear = model.fc
@@ -161,9 +174,11 @@ def linear_probe(
     for _ in range(epochs):
         for fb, yb in iterate_batches(feats, y, batch_size, shuffle=True, generator=gen):
             loss = F.cross_entropy(fc(fb), yb)
+            check_loss(loss, where="the linear probe", lr=lr, option="the probe's lr")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
+    check_weights(fc, where="the end of the linear probe", lr=lr, option="the probe's lr")
     with torch.no_grad():
         return float((fc(feats).argmax(1) == y).float().mean())

@@ -24,7 +24,10 @@ from tqdm import tqdm
 from spikeforge._native.memory import keep_freed_memory
 from spikeforge.data import iterate_batches
 from spikeforge.data.augment import random_crop_flip
-from spikeforge.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from spikeforge.errors import ConfigError, DataError
+from spikeforge.progress import progress as progress_bar
+from spikeforge.train.checkpoint import CheckpointError, load_checkpoint, load_state, save_checkpoint
+from spikeforge.train.divergence import MAX_LR, check_loss, check_weights
 from spikeforge.train.losses import LOSSES
 
 CHECKPOINT = "checkpoint.pt"
@@ -51,17 +54,22 @@ class SNNTrainConfig:
 
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ValueError("epochs, batch_size and eval_batch_size must be >= 1")
+            raise ConfigError("epochs, batch_size and eval_batch_size must be >= 1, got "
+                              f"{self.epochs}, {self.batch_size}, {self.eval_batch_size}")
         if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+            raise ConfigError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
         if self.schedule not in ("none", "cosine"):
-            raise ValueError(f"schedule must be 'none' or 'cosine', got {self.schedule!r}")
+            raise ConfigError(f"schedule must be 'none' or 'cosine', got {self.schedule!r}")
         if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+            raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.augment_pad < 0:
-            raise ValueError(f"augment_pad must be >= 0, got {self.augment_pad}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+            raise ConfigError(f"augment_pad must be >= 0, got {self.augment_pad}")
+        if not (math.isfinite(self.lr) and 0 < self.lr <= MAX_LR):
+            raise ConfigError(f"lr must be a finite number in (0, {MAX_LR:g}], got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and 0 <= self.weight_decay <= 1e6):
+            raise ConfigError(f"weight_decay must be a finite number in [0, 1e6], got {self.weight_decay}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
 
 
 def _autocast(cfg: SNNTrainConfig):
@@ -90,6 +98,16 @@ def _last_good(ckpt: Path | None, epoch: int) -> str:
     if ckpt is not None and epoch > 1:
         return f"the last good checkpoint {ckpt} (epoch {epoch - 1}) is intact"
     return "no checkpoint was written"
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the entries in which two nested configuration dicts differ."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return [prefix or "the configuration"] if old != new else []
+    out: list[str] = []
+    for key in sorted(set(old) | set(new), key=str):
+        out += _differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
+    return out
 
 
 def _generator(seed: int, epoch: int) -> torch.Generator:
@@ -144,7 +162,11 @@ def fit_snn(
     keep_freed_memory()  # reuse activation buffers across steps instead of page-faulting them in
     x_train, y_train = train
     if x_train.shape[0] != y_train.shape[0]:
-        raise ValueError(f"{x_train.shape[0]} training images but {y_train.shape[0]} labels")
+        raise DataError(f"{x_train.shape[0]} training images but {y_train.shape[0]} labels")
+    if len(y_train) == 0:
+        raise DataError("fit_snn: no training images (the training set is empty)")
+    if test is not None and len(test[1]) == 0:
+        raise DataError("fit_snn: no test images (the evaluation set is empty)")
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     steps_per_epoch = math.ceil(len(y_train) / cfg.batch_size)
@@ -155,33 +177,43 @@ def fit_snn(
     identity = {"train": asdict(cfg), "model": model_config or {}}
     if resume:
         if ckpt is None:
-            raise ValueError("resume needs an output folder holding a checkpoint")
+            raise ConfigError("resume needs an output folder (out_dir) holding a checkpoint")
         if not ckpt.exists():
             raise CheckpointError(f"cannot resume: no checkpoint at {ckpt}")
         payload = load_checkpoint(ckpt, required=("model", "optimizer", "epoch", "history", "identity"))
         if payload["identity"] != identity:
             raise CheckpointError(
-                f"cannot resume from {ckpt}: it was trained with another configuration "
-                f"({payload['identity']} vs {identity})"
+                f"cannot resume from {ckpt}: it was trained with another configuration (differs in "
+                f"{', '.join(_differences(payload['identity'], identity)) or 'its layout'}); rerun with the same "
+                "options or without --resume"
             )
-        model.load_state_dict(payload["model"])
-        opt.load_state_dict(payload["optimizer"])
-        if sched is not None and payload.get("scheduler") is not None:
-            sched.load_state_dict(payload["scheduler"])
+        load_state(model, payload["model"], ckpt)
+        try:
+            opt.load_state_dict(payload["optimizer"])
+            if sched is not None and payload.get("scheduler") is not None:
+                sched.load_state_dict(payload["scheduler"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{ckpt}: the saved optimizer state does not fit this model "
+                                  f"({type(exc).__name__}: {exc})") from exc
+        if payload["epoch"] > cfg.epochs:
+            raise CheckpointError(f"{ckpt}: saved after epoch {payload['epoch']}, beyond the {cfg.epochs} epochs "
+                                  "of this configuration")
         history = list(payload["history"])
         start_epoch = int(payload["epoch"]) + 1
         if "rng" in payload:
-            torch.set_rng_state(payload["rng"])
+            try:
+                torch.set_rng_state(payload["rng"])
+            except (RuntimeError, TypeError) as exc:
+                raise CheckpointError(f"{ckpt}: the saved random-number state is invalid ({exc})") from exc
         print(f"resumed from {ckpt} after epoch {start_epoch - 1}")
     for epoch in range(start_epoch, cfg.epochs + 1):
         model.train()
         gen = _generator(cfg.seed, epoch)
         seen, correct, total_loss = 0, 0, 0.0
         t0 = time.perf_counter()
-        bar = tqdm(
+        bar = progress_bar(
             iterate_batches(x_train, y_train, cfg.batch_size, shuffle=True, generator=gen),
-            total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress,
-            leave=False, mininterval=1.0,
+            total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", enabled=progress,
         )
         for i, (xb, yb) in enumerate(bar):
             if cfg.augment:
@@ -189,11 +221,7 @@ def fit_snn(
             with _autocast(cfg):
                 out = model(xb, generator=gen)
             loss = loss_of(out, yb, cfg.loss)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss became {float(loss.detach())} at epoch {epoch}, batch {i + 1}; {_last_good(ckpt, epoch)}. "
-                    "Lower the learning rate."
-                )
+            check_loss(loss, where=f"epoch {epoch}, batch {i + 1}", lr=cfg.lr, kept=_last_good(ckpt, epoch))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -204,11 +232,7 @@ def fit_snn(
                 bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
         if sched is not None:
             sched.step()
-        bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
-        if bad:
-            raise FloatingPointError(
-                f"parameters {', '.join(bad[:3])} became NaN/inf in epoch {epoch}; {_last_good(ckpt, epoch)}"
-            )
+        check_weights(model, where=f"the end of epoch {epoch}", lr=cfg.lr, kept=_last_good(ckpt, epoch))
         row = {
             "epoch": epoch, "train_loss": total_loss / seen, "train_accuracy": correct / seen,
             "train_seconds": time.perf_counter() - t0,
