@@ -371,10 +371,12 @@ def test_missing_data_offline_names_folders(tmp_path):
     for needle in (
         "cifar-10-batches-bin/", "cifar-10-batches-py/", "data_batch_1.bin", "data_batch_5.bin",
         "test_batch.bin", str(empty / "cifar-10-batches-bin"), str(empty / "cifar10" / "cifar-10-batches-py"),
-        str(tmp_path / "xdg-cache" / "spikeforge" / "cifar10" / "cifar-10-batches-bin"),
+        str(tmp_path / "xdg-cache" / "spikeforge" / "cifar10"),
         cifar_mod.CIFAR10_URL, "--data-dir", "SPIKEFORGE_DATA",
     ):
         assert needle in message, needle
+    # an explicit data_dir is the only place searched: the cache is named as the alternative only
+    assert str(tmp_path / "xdg-cache" / "spikeforge" / "cifar10" / "cifar-10-batches-bin") not in message
     # an incomplete folder is pointed out
     data = make_split_data()
     folder = write_binary(empty / "cifar-10-batches-bin", data)
@@ -441,7 +443,7 @@ def test_download_success_then_cached(tmp_path, monkeypatch):
     trust(monkeypatch, archive)
     calls: list[str] = []
     monkeypatch.setattr(download_mod, "fetch_url", serve(archive, calls))
-    check_set(load_dataset("cifar10", "test", data_dir=tmp_path / "empty"), data, "test")
+    check_set(load_dataset("cifar10", "test"), data, "test")
     assert calls == [cifar_mod.CIFAR10_URL]
     assert [p.name for p in cache_dir(tmp_path).iterdir()] == ["cifar-10-batches-bin"]  # no temporary leftovers
     check_set(load_dataset("cifar10", "train"), data, "train")
@@ -452,7 +454,7 @@ def test_download_checksum_mismatch_leaves_nothing(tmp_path, monkeypatch):
     calls: list[str] = []
     monkeypatch.setattr(download_mod, "fetch_url", serve(official_like_archive(make_split_data()), calls))
     with pytest.raises(DownloadError, match="checksum mismatch") as info:
-        load_dataset("cifar10", "train", data_dir=tmp_path / "empty")
+        load_dataset("cifar10", "train")
     assert cifar_mod.CIFAR10_BINARY_CHECKSUMS["sha256"] in str(info.value)
     assert calls == [cifar_mod.CIFAR10_URL]
     assert_cache_empty(tmp_path)
@@ -496,8 +498,8 @@ def test_download_network_failure_explains_fix(tmp_path, monkeypatch):
 
     monkeypatch.setattr(download_mod, "fetch_url", offline)
     with pytest.raises(DownloadError) as info:
-        load_dataset("cifar10", "test", data_dir=tmp_path / "mine")
+        load_dataset("cifar10", "test")
     message = str(info.value)
     assert "download failed" in message and "Name or service not known" in message
-    assert "cifar-10-batches-bin/" in message and str(tmp_path / "mine") in message
+    assert "cifar-10-batches-bin/" in message and str(cache_dir(tmp_path)) in message
     assert_cache_empty(tmp_path)

@@ -295,7 +295,7 @@ def test_download_checksum_mismatch_leaves_nothing(tmp_path, monkeypatch):
     wrong = {f"{stem}.gz": b"not the real file" for pair in OFFICIAL.values() for stem in pair}
     monkeypatch.setattr(download_mod, "fetch_url", _serve(wrong, calls))
     with pytest.raises(DataError, match="SHA-256 checksum mismatch"):
-        load_dataset("mnist", "test", data_dir=tmp_path / "empty", download=True)
+        load_dataset("mnist", "test", download=True)
     assert calls and calls[0].startswith(download_mod.BASE_URLS["mnist"])
     cache = tmp_path / "xdg-cache" / "spikeforge" / "mnist"
     assert not cache.exists() or list(cache.iterdir()) == []
@@ -340,10 +340,11 @@ def test_download_network_failure_explains_fix(tmp_path, monkeypatch):
 
     monkeypatch.setattr(download_mod, "fetch_url", offline)
     with pytest.raises(DataError) as info:
-        load_dataset("mnist", "train", data_dir=tmp_path / "mine")
+        load_dataset("mnist", "train")
     message = str(info.value)
     assert "download failed" in message and "Name or service not known" in message
-    assert str(tmp_path / "mine") in message and "--data-dir" in message and "SPIKEFORGE_DATA" in message
+    assert str(tmp_path / "xdg-cache" / "spikeforge") in message
+    assert "--data-dir" in message and "SPIKEFORGE_DATA" in message
     cache = tmp_path / "xdg-cache" / "spikeforge" / "mnist"
     assert not cache.exists() or list(cache.iterdir()) == []
 

@@ -14,12 +14,12 @@ The official data comes in two layouts, both accepted here:
   which rebuilds plain containers and numpy arrays and refuses everything else.
 
 The folders are looked up in the base directories shared by all datasets
-(``data_dir``, ``$SPIKEFORGE_DATA``, the user cache; see
-:func:`spikeforge.data.datasets.user_data_dirs`), directly in a base or in its
+(``data_dir`` alone when it is given, else ``$SPIKEFORGE_DATA`` and the user cache;
+see :func:`spikeforge.data.datasets.user_data_dirs`), directly in a base or in its
 ``cifar10/`` (or ``cifar-10/``, ``CIFAR10/``) subfolder.  In each base the binary
-version is preferred to the python version.  When nothing is found and
-``download=True``, the official binary archive is downloaded, verified and
-extracted into ``<user cache>/cifar10/cifar-10-batches-bin/``.
+version is preferred to the python version.  When nothing is found, no ``data_dir``
+was given and ``download=True``, the official binary archive is downloaded, verified
+and extracted into ``<user cache>/cifar10/cifar-10-batches-bin/``.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from .datasets import (
     PathArg,
     _check_split,
     _file_key,
+    check_data_dir,
     user_cache_dir,
     user_data_dirs,
 )
@@ -392,6 +393,19 @@ def _missing_message(split: str, data_dir: Optional[PathArg], reason: str) -> st
     searched = "\n".join(f"  - {d}" for d in cifar10_search_dirs(data_dir))
     incomplete = _incomplete_folders(split, data_dir)
     incomplete_text = ("Incomplete folders:\n" + "\n".join(incomplete) + "\n") if incomplete else ""
+    if data_dir is not None:
+        return (
+            f"cifar10 ({split} split) not found in the data directory {Path(data_dir).expanduser()} "
+            f"(--data-dir / data_dir): {reason}\n"
+            f"Needed: a folder {BINARY_DIR}/ holding {needed_bin} (binary version, preferred), "
+            f"or a folder {PYTHON_DIR}/ holding {needed_py} (python version), in it or in its cifar10/ "
+            f"subfolder (or the data directory is such a folder).\n"
+            f"Searched folders:\n{searched}\n"
+            f"{incomplete_text}"
+            f"Fix: extract {CIFAR10_URL} there, so that {target / BINARY_DIR}/ holds {train_bin} and "
+            f"test_batch.bin, or drop --data-dir to search $SPIKEFORGE_DATA and the user cache "
+            f"({user_cache_dir() / 'cifar10'}) and download."
+        )
     return (
         f"cifar10 ({split} split) not found: {reason}\n"
         f"Needed: a folder {BINARY_DIR}/ holding {needed_bin} (binary version, preferred), "
@@ -569,9 +583,10 @@ def load_cifar10(split: str = "train", data_dir: Optional[PathArg] = None, downl
     Args:
         split: ``"train"`` (50,000 images from ``data_batch_1..5``) or ``"test"``
             (10,000 images from ``test_batch``).
-        data_dir: Directory searched first (see the module docstring).
-        download: Download the official binary archive into the user cache when
-            no complete folder is found.
+        data_dir: The folder holding the batches (see the module docstring); when
+            given, they must be there (no other place is searched).
+        download: Without ``data_dir``, download the official binary archive into
+            the user cache when no complete folder is found.
 
     Returns:
         ``uint8`` images ``[N, 3, 32, 32]`` (R, G, B), ``int64`` labels ``[N]``,
@@ -585,8 +600,11 @@ def load_cifar10(split: str = "train", data_dir: Optional[PathArg] = None, downl
         DataError: a found file is truncated, corrupt or unsafe (named in the message).
     """
     _check_split(split)
+    check_data_dir(data_dir)
     found = find_cifar10_files(split, data_dir)
     if found is None:
+        if data_dir is not None:
+            raise DataFileNotFoundError(_missing_message(split, data_dir, "no complete folder there"))
         if not download:
             raise DataFileNotFoundError(
                 _missing_message(split, data_dir, "no complete folder in any searched directory, and download=False")

