@@ -23,6 +23,7 @@ import torch
 
 from spikeforge.convert import convert
 from spikeforge.data import dataset_names
+from spikeforge.errors import IncompatibleDataError
 from spikeforge.evaluate import evaluate_snn
 from spikeforge.experiments.common import (
     add_method_arguments,
@@ -32,9 +33,15 @@ from spikeforge.experiments.common import (
     method_options,
     environment,
     eval_split_name,
+    learning_rate,
     load_split_tensors,
+    nonnegative_float,
+    number,
     percentile_value,
     positive_int,
+    prepare_out_dir,
+    require_images,
+    seed_int,
 )
 from spikeforge.experiments.registry import Experiment
 from spikeforge.io import write_json, write_text
@@ -43,6 +50,7 @@ from spikeforge.models.backbones import ACTIVATIONS
 from spikeforge.models.fastnet import POOLS, init_whitening
 from spikeforge.plots import plot_accuracy_vs_T, plot_bars, plot_history
 from spikeforge.train import CheckpointError, evaluate_classifier, load_checkpoint, save_checkpoint, train_classifier
+from spikeforge.train.checkpoint import load_state
 
 #: Options that change the trained network (a cached model is reused only when all match).
 TRAIN_KEYS = (
@@ -99,10 +107,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=positive_int, default=12, help="12 ≈ 20 min on 2 cores (40k images)")
     p.add_argument("--T", type=positive_int, default=64, help="evaluate steps 1..T")
     p.add_argument("--batch-size", type=positive_int, default=256)
-    p.add_argument("--lr", type=_positive_float, default=0.375, help="SGD learning rate (mean loss over the batch)")
-    p.add_argument("--weight-decay", type=_nonneg_float, default=1.33e-3, help="of conv/linear weights")
+    p.add_argument("--lr", type=learning_rate, default=0.375, help="SGD learning rate (mean loss over the batch)")
+    p.add_argument("--weight-decay", type=nonnegative_float, default=1.33e-3, help="of conv/linear weights")
     p.add_argument("--momentum", type=_fraction, default=0.85, help="Nesterov momentum")
-    p.add_argument("--bias-lr-scale", type=_positive_float, default=64.0, help="learning-rate factor of BN biases")
+    p.add_argument("--bias-lr-scale", type=number(0, 1e6, lo_open=True), default=64.0, help="learning-rate factor of BN biases")
     p.add_argument("--warmup", type=_fraction, default=0.2, help="fraction of steps of linear warm-up")
     p.add_argument("--label-smoothing", type=_fraction, default=0.2)
     p.add_argument("--translate", type=int, choices=range(0, 9), default=2, metavar="PIXELS",
@@ -113,7 +121,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--levels", type=positive_int, default=8, help="QCFS quantization levels L")
     p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
                    help="training arithmetic: bf16 autocast + channels-last (default) or plain fp32")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--percentile", type=percentile_value, default=99.99)
     p.add_argument("--per-channel", action="store_true", help="per-channel thresholds")
     p.add_argument("--maxpool", choices=("lipool", "gated", "plain"), default="lipool")
@@ -144,7 +152,7 @@ def _train_or_load(args, out: Path, train, test, num_classes: int) -> tuple[torc
         try:
             payload = load_checkpoint(final, required=("model", "config", "history", "train_seconds"))
             if payload["config"] == config:
-                model.load_state_dict(payload["model"])
+                load_state(model, payload["model"], final)
                 print(f"loaded the trained network from {final} (same training options)")
                 return model.eval(), list(payload["history"]), True, float(payload["train_seconds"])
             print(f"{final} was trained with other options; training again")
@@ -157,10 +165,7 @@ def _train_or_load(args, out: Path, train, test, num_classes: int) -> tuple[torc
             diff = sorted(k for k in config if payload["config"].get(k) != config[k])
             raise CheckpointError(f"{ckpt} was written with other training options ({', '.join(diff)}); "
                                   "rerun with the same options or drop --resume")
-        try:
-            model.load_state_dict(payload["model"])
-        except RuntimeError as exc:
-            raise CheckpointError(f"{ckpt}: the saved weights do not fit this network: {exc}") from exc
+        load_state(model, payload["model"], ckpt)
         start, history, opt_state = int(payload["epoch"]) + 1, list(payload["history"]), payload["state"]
         spent = float(payload["train_seconds"])
         print(f"resuming from {ckpt} after epoch {payload['epoch']}")
@@ -247,14 +252,14 @@ def _report(m: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     method_options(args)  # bad method options fail before any work
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_out_dir(args.out)
+    if args.resume and not (out / "checkpoint.pt").is_file() and not (out / "model.pt").is_file():
+        raise CheckpointError(f"--resume: no checkpoint to resume from in --out {out} (expected {out / 'checkpoint.pt'})")
     train, test, classes = load_split_tensors(args.dataset, args.data_dir, args.val_split)
+    require_images(args.dataset, args.data_dir, train, test, model="cifar-fast", num_classes=len(classes))
     h, w = train[0].shape[-2:]
     if (h, w) not in ((32, 32), (28, 28)):
-        raise ValueError(f"cifar-fast expects 32×32 or 28×28 images, {args.dataset} has {h}×{w}")
+        raise IncompatibleDataError(f"cifar-fast expects 32×32 or 28×28 images, {args.dataset} has {h}×{w}")
     model, history, reused, train_seconds = _train_or_load(args, out, train, test, len(classes))
     t0 = time.perf_counter()
     ann_acc, _ = evaluate_classifier(model, *test, batch_size=500)
