@@ -1,52 +1,174 @@
-"""Helpers shared by experiments: argument types, data loading, output folders."""
+"""Helpers shared by experiments: argument types, data loading, output folders.
+
+Every numeric option has an argparse type from here that accepts only finite values
+in the option's range (NaN and infinities never pass), every list option refuses an
+empty list, :func:`prepare_out_dir` checks ``--out`` before any work starts and
+:func:`require_images` checks that the data fits the model before training.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import platform
 import sys
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from spikeforge.data import DataError, load_dataset
 from spikeforge.data.split import stratified_split
+from spikeforge.errors import ConfigError, IncompatibleDataError, OutputError
 
 
 #: Datasets of 28×28 grayscale images: the inputs of LeNet5 and the seed-002/004 networks.
 GRAYSCALE_28 = ("mnist-sample", "mnist", "fashion-mnist")
 
 
-def positive_int(text: str) -> int:
+#: Largest value an integer option takes (counts, sizes, steps): beyond it tensors cannot be allocated.
+MAX_INT = 10**9
+#: Seeds: what every generator used here (torch, numpy) accepts.
+MAX_SEED = 2**32 - 1
+
+
+def integer(lo: int, hi: int = MAX_INT, what: str | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in ``[lo, hi]``."""
+    what = what or (f"an integer in [{lo}, {hi}]" if hi != MAX_INT else
+                    "a positive integer" if lo == 1 else f"an integer >= {lo}")
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def number(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False,
+           what: str | None = None) -> Callable[[str], float]:
+    """An argparse type: a finite float in the interval ``lo..hi`` (open or closed ends)."""
+    if what is None:
+        left = "-inf" if lo is None else f"{lo:g}"
+        right = "inf" if hi is None else f"{hi:g}"
+        what = f"a finite number in {'(' if lo_open or lo is None else '['}{left}, {right}{')' if hi_open or hi is None else ']'}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        ok = math.isfinite(value)
+        if ok and lo is not None:
+            ok = value > lo if lo_open else value >= lo
+        if ok and hi is not None:
+            ok = value < hi if hi_open else value <= hi
+        if not ok:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+positive_int = integer(1)
+nonnegative_int = integer(0)
+seed_int = integer(0, MAX_SEED, what=f"a seed in [0, {MAX_SEED}]")
+percentile_value = number(0, 100, lo_open=True, what="a percentile in (0, 100]")
+#: Learning rates: positive, and small enough for float32 optimizer arithmetic.
+learning_rate = number(0, 1e6, lo_open=True, what="a learning rate in (0, 1e6]")
+nonnegative_float = number(0, 1e6, what="a finite number in [0, 1e6]")
+unit_interval = number(0, 1, what="a number in [0, 1]")
+fraction = number(0, 1, hi_open=True, what="a number in [0, 1)")
+
+
+def number_list(item: Callable[[str], Any], what: str) -> Callable[[str], list]:
+    """An argparse type: a non-empty comma-separated list, each entry parsed by ``item``."""
+
+    def parse(text: str) -> list:
+        parts = [v.strip() for v in text.split(",") if v.strip()]
+        if not parts:
+            raise argparse.ArgumentTypeError(f"expected a non-empty comma-separated list of {what}, got {text!r}")
+        out = []
+        for v in parts:
+            try:
+                out.append(item(v))
+            except argparse.ArgumentTypeError as exc:
+                raise argparse.ArgumentTypeError(f"in the list {text!r}: {exc}") from None
+        return out
+
+    parse.__name__ = "list"
+    return parse
+
+
+def prepare_out_dir(out: str | os.PathLike, option: str = "--out") -> Path:
+    """Create the output folder and check that files can be written into it, before any work.
+
+    Raises :class:`~spikeforge.errors.OutputError` naming ``option`` and the path when
+    it is an existing file, cannot be created, or is not writable. Nothing already in
+    the folder is touched.
+    """
+    path = Path(out).expanduser()
+    if str(out).strip() == "":
+        raise OutputError(f"{option} is empty: give the folder the results go to")
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{option} {path} exists and is not a folder; choose another path")
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def percentile_value(text: str) -> float:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{option} {path}: cannot create the folder ({exc.strerror or exc})") from None
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a percentile in (0, 100], got {text!r}") from None
-    if not 0 < value <= 100:
-        raise argparse.ArgumentTypeError(f"expected a percentile in (0, 100], got {value}")
-    return value
+        fd, probe = tempfile.mkstemp(prefix=".spikeforge-write-test.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"{option} {path}: cannot write into the folder ({exc.strerror or exc})") from None
+    return path
 
 
-def nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
+def _source(name: str, data_dir: str | None) -> str:
+    return f"the {name} data" + (f" in --data-dir {data_dir}" if data_dir else "")
+
+
+def require_images(
+    name: str, data_dir: str | None, train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor], *, model: str, shape: tuple[int, int, int] | None = None,
+    num_classes: int | None = None,
+) -> None:
+    """Check before training that the images and labels fit ``model``.
+
+    ``shape`` is the ``(C, H, W)`` the model takes (None: any, but train and test must
+    agree) and ``num_classes`` its outputs; a mismatch raises
+    :class:`~spikeforge.errors.IncompatibleDataError` naming the data and the model.
+    """
+    for split, (x, y) in (("training", train), ("evaluation", test)):
+        if len(y) == 0:
+            raise DataError(f"{_source(name, data_dir)}: the {split} set holds no images")
+    got = tuple(int(d) for d in train[0].shape[1:])
+    if tuple(int(d) for d in test[0].shape[1:]) != got:
+        raise IncompatibleDataError(
+            f"{_source(name, data_dir)}: training images are {'×'.join(map(str, got))} but evaluation images "
+            f"{'×'.join(map(str, test[0].shape[1:]))}"
+        )
+    if shape is not None and got != tuple(shape):
+        raise IncompatibleDataError(
+            f"{model} takes {'×'.join(map(str, shape))} images (channels×height×width); {_source(name, data_dir)} "
+            f"holds {'×'.join(map(str, got))} images"
+        )
+    if num_classes is not None:
+        top = int(max(int(train[1].max()), int(test[1].max())))
+        if top >= num_classes or int(min(int(train[1].min()), int(test[1].min()))) < 0:
+            raise IncompatibleDataError(
+                f"{model} has {num_classes} outputs; {_source(name, data_dir)} has label {top}"
+            )
 
 
 def add_val_split_argument(p: argparse.ArgumentParser) -> None:
@@ -103,13 +225,13 @@ def add_method_arguments(p: argparse.ArgumentParser, *, activation: bool = True)
                    help="thresholds from an activation percentile, or the error-minimizing threshold for --target-T steps")
     p.add_argument("--correction", choices=("none", "bias", "potential"), default="none",
                    help="layer-wise calibration of the SNN against the ANN for --target-T steps")
-    p.add_argument("--target-T", type=positive_int, default=None,
+    p.add_argument("--target-T", type=integer(1, 100_000), default=None,
                    help="steps the mse threshold and the corrections aim at (default 16)")
     if activation:
         p.add_argument("--activation", choices=ACTIVATIONS, default="relu",
                        help="relu, or qcfs: train with the quantized clip-floor-shift activation (its learnt "
                             "ceilings become the thresholds)")
-        p.add_argument("--levels", type=positive_int, default=8, help="QCFS quantization levels L")
+        p.add_argument("--levels", type=integer(1, 65536), default=8, help="QCFS quantization levels L")
 
 
 def method_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -118,7 +240,7 @@ def method_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.threshold != "percentile" or args.correction != "none":
         out.update(threshold=args.threshold, correction=args.correction, target_T=args.target_T or 16)
     elif args.target_T is not None:
-        raise ValueError("--target-T is used only with --threshold mse or --correction bias|potential")
+        raise ConfigError("--target-T is used only with --threshold mse or --correction bias|potential")
     return out
 
 

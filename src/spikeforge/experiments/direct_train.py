@@ -18,9 +18,11 @@ from typing import Any
 
 import torch
 
+from spikeforge.errors import CheckpointError
 from spikeforge.experiments.common import (
-    GRAYSCALE_28, add_val_split_argument, command_line, environment, eval_split_name, load_split_tensors,
-    positive_int, read_json,
+    GRAYSCALE_28, add_val_split_argument, command_line, environment, eval_split_name, fraction, integer,
+    learning_rate, load_split_tensors, nonnegative_float, number, number_list, positive_int, prepare_out_dir,
+    read_json, require_images, seed_int, unit_interval,
 )
 from spikeforge.experiments.registry import Experiment
 from spikeforge.io import write_json, write_text
@@ -48,18 +50,9 @@ DESCRIPTIONS = {
 }
 
 
-def _float_list(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
-def _int_list(text: str) -> list[int]:
-    vals = _float_list(text)
-    if any(v != int(v) or v < 1 for v in vals):
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
-    return [int(v) for v in vals]
+#: ``--betas``: decays in [0, 1]; ``--hiddens``: hidden sizes (both non-empty lists).
+_float_list = number_list(unit_interval, "decays in [0, 1]")
+_int_list = number_list(integer(1, 1_000_000), "positive hidden sizes")
 
 
 def _adder(name: str):
@@ -70,14 +63,14 @@ def _adder(name: str):
         p.add_argument("--data-dir", default=None, help="folder with the dataset files")
         add_val_split_argument(p)
         p.add_argument("--out", default=f"runs/{name}")
-        p.add_argument("--epochs", type=positive_int, default=d["epochs"])
-        p.add_argument("--T", type=positive_int, default=d["T"], help="time steps")
+        p.add_argument("--epochs", type=integer(1, 1_000_000), default=d["epochs"])
+        p.add_argument("--T", type=integer(1, 100_000), default=d["T"], help="time steps")
         p.add_argument("--batch-size", type=positive_int, default=d["batch_size"])
         p.add_argument("--optimizer", choices=("adam", "sgd"), default=d["optimizer"])
-        p.add_argument("--lr", type=float, default=d["lr"])
+        p.add_argument("--lr", type=learning_rate, default=d["lr"])
         p.add_argument("--schedule", choices=("none", "cosine"), default=d["schedule"])
         p.add_argument("--loss", choices=tuple(LOSSES), default=d["loss"])
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=seed_int, default=0)
         p.add_argument("--train-limit", type=positive_int, default=None, help="use only the first N training images")
         p.add_argument("--resume", action="store_true", help="continue from checkpoint.pt in --out")
         p.add_argument("--no-progress", action="store_true")
@@ -85,19 +78,21 @@ def _adder(name: str):
         p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (spikes are exact in bf16)")
         p.add_argument("--augment", action="store_true",
                        help="random horizontal flip and shift (--augment-shift pixels) of the training images")
-        p.add_argument("--augment-shift", type=int, default=2, help="largest shift of --augment, pixels (0 = flip only)")
-        p.add_argument("--weight-decay", type=float, default=0.0)
+        p.add_argument("--augment-shift", type=integer(0, 27), default=2,
+                       help="largest shift of --augment, pixels (0 = flip only)")
+        p.add_argument("--weight-decay", type=nonnegative_float, default=0.0)
         if name == "fc-lif":
-            p.add_argument("--beta", type=float, default=0.95)
-            p.add_argument("--hidden", type=positive_int, default=500)
-            p.add_argument("--dropout", type=float, default=0.0, help="dropout of hidden neurons (whole sequence)")
+            p.add_argument("--beta", type=unit_interval, default=0.95, help="membrane decay β in [0, 1]")
+            p.add_argument("--hidden", type=integer(1, 1_000_000), default=500)
+            p.add_argument("--dropout", type=fraction, default=0.0,
+                           help="dropout of hidden neurons (whole sequence), in [0, 1)")
             p.add_argument("--sweep", action="store_true", help="train the grid --betas x --hiddens")
             p.add_argument("--betas", type=_float_list, default=[0.5, 0.7, 0.9, 0.95])
             p.add_argument("--hiddens", type=_int_list, default=[200, 500, 1000])
         elif name == "fc-poisson":
-            p.add_argument("--tau", type=float, default=2.0)
+            p.add_argument("--tau", type=number(1, 1e6, what="a membrane time constant in [1, 1e6]"), default=2.0)
         else:
-            p.add_argument("--channels", type=positive_int, default=64)
+            p.add_argument("--channels", type=integer(1, 4096), default=64)
 
     return add_arguments
 
@@ -248,9 +243,12 @@ def _sweep(args: argparse.Namespace, out: Path, train, test, classes) -> dict[st
 
 def _runner(name: str):
     def run(args: argparse.Namespace) -> dict[str, Any]:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
+        out = prepare_out_dir(args.out)
+        if args.resume and not (name == "fc-lif" and args.sweep) and not (out / "checkpoint.pt").is_file():
+            raise CheckpointError(f"--resume: no checkpoint to resume from in --out {out} "
+                                  f"(expected {out / 'checkpoint.pt'})")
         train, test, classes = load_split_tensors(args.dataset, args.data_dir, args.val_split)
+        require_images(args.dataset, args.data_dir, train, test, model=name, shape=(1, 28, 28), num_classes=10)
         if args.train_limit:
             train = (train[0][: args.train_limit], train[1][: args.train_limit])
         if name == "fc-lif" and args.sweep:

@@ -20,9 +20,15 @@ from spikeforge.experiments.common import (
     method_options,
     eval_split_name,
     environment,
+    integer,
+    learning_rate,
     load_split_tensors,
     percentile_value,
     positive_int,
+    prepare_out_dir,
+    require_images,
+    seed_int,
+    unit_interval,
 )
 from spikeforge.experiments.registry import Experiment
 from spikeforge.io import write_json, write_text
@@ -30,6 +36,7 @@ from spikeforge.metrics import largest_drop
 from spikeforge.models import create_model
 from spikeforge.plots import plot_accuracy_vs_T, plot_bars, plot_history
 from spikeforge.train import CheckpointError, evaluate_classifier, load_checkpoint, save_checkpoint, train_classifier
+from spikeforge.train.checkpoint import load_state
 
 TRAIN_KEYS = ("dataset", "epochs", "batch_size", "lr", "seed", "augment_shift")
 
@@ -39,19 +46,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="folder with the dataset files")
     add_val_split_argument(p)
     p.add_argument("--epochs", type=positive_int, default=15)
-    p.add_argument("--T", type=positive_int, default=128, help="evaluate steps 1..T")
+    p.add_argument("--T", type=integer(1, 100_000), default=128, help="evaluate steps 1..T")
     p.add_argument("--out", default="runs/lenet5-convert")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--batch-size", type=positive_int, default=128)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--augment-shift", type=int, default=0, help="random translation (pixels) in training")
+    p.add_argument("--lr", type=learning_rate, default=3e-3)
+    p.add_argument("--augment-shift", type=integer(0, 27), default=0, help="random translation (pixels) in training")
     p.add_argument("--percentile", type=percentile_value, default=99.99)
     p.add_argument("--per-channel", action="store_true", help="per-channel thresholds")
     p.add_argument("--maxpool", choices=("lipool", "gated", "plain"), default="lipool")
-    p.add_argument("--max-spikes", type=positive_int, default=1, help="burst spikes Γ")
+    p.add_argument("--max-spikes", type=integer(1, 1024), default=1, help="burst spikes Γ")
     p.add_argument("--split-threshold", action="store_true", help="with Γ > 1, threshold λ/Γ (finer rate code)")
     p.add_argument("--reset", choices=("subtract", "zero"), default="subtract")
-    p.add_argument("--v-init", type=float, default=0.5, help="initial membrane / threshold")
+    p.add_argument("--v-init", type=unit_interval, default=0.5, help="initial membrane / threshold, in [0, 1]")
     p.add_argument("--calib-batches", type=positive_int, default=32)
     add_method_arguments(p)
     p.add_argument("--eval-batch-size", type=positive_int, default=500)
@@ -74,15 +81,14 @@ def _train_or_load(args: argparse.Namespace, out: Path, train, test) -> tuple[to
     if ckpt.exists() and not args.retrain:
         try:
             payload = load_checkpoint(ckpt, required=("model", "config", "history"))
-        except CheckpointError as exc:
-            print(f"warning: {exc}; training again")
-        else:
             if payload["config"] == config:
-                model.load_state_dict(payload["model"])
+                load_state(model, payload["model"], ckpt)
                 model.eval()
                 print(f"loaded trained LeNet5 from {ckpt} (same training config)")
                 return model, list(payload["history"]), True
             print(f"{ckpt} was trained with another config; training again")
+        except CheckpointError as exc:
+            print(f"warning: {exc}; training again")
     torch.manual_seed(args.seed)
     model = _build(args, train)
     history = train_classifier(
@@ -149,10 +155,10 @@ def _report(m: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     method_options(args)  # bad method options fail before any work
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_out_dir(args.out)
     torch.manual_seed(args.seed)
     train, test, _classes = load_split_tensors(args.dataset, args.data_dir, args.val_split)
+    require_images(args.dataset, args.data_dir, train, test, model="lenet5", shape=(1, 28, 28), num_classes=10)
     t0 = time.perf_counter()
     model, history, reused = _train_or_load(args, out, train, test)
     train_seconds = time.perf_counter() - t0
