@@ -73,18 +73,19 @@ class FCLIF(SpikingNet):
     built-in default that seed 002 relied on; with FastSigmoid(25) the same net
     reaches 88.8% instead of 89.2% on Fashion-MNIST (benchmarks/RESULTS.md).
     ``dropout`` silences a random set of hidden neurons for a whole training
-    sequence (off in eval mode).
+    sequence (off in eval mode). ``reset="zero"`` gives the hard reset that NIR can
+    express (:mod:`spikeforge.nir`).
     """
 
     def __init__(
         self, in_features: int = 784, hidden: int = 500, num_classes: int = 10, *, beta: float = 0.95,
         T: int = 25, encoder: str = "direct", surrogate: str = "atan", threshold: float = 1.0,
-        detach_reset: bool = True, dropout: float = 0.0,
+        detach_reset: bool = True, dropout: float = 0.0, reset: str = "subtract",
     ) -> None:
         super().__init__(T=T, encoder=encoder, input_shape=(in_features,))
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        opts = dict(threshold=threshold, surrogate=surrogate, detach_reset=detach_reset)
+        opts = dict(threshold=threshold, surrogate=surrogate, detach_reset=detach_reset, reset=reset)
         self.fc1 = nn.Linear(in_features, hidden)
         self.lif1 = LIF(beta, **opts)
         self.dropout = float(dropout)
@@ -105,6 +106,10 @@ class FCLIF(SpikingNet):
             s1 = s1 * (keep / (1 - self.dropout))
         s2 = self.lif2(self.fc2(s1))
         return SNNOutput(s2, self.lif2.membrane)
+
+    def nir_layers(self) -> list[tuple[str, nn.Module]]:
+        """The layers in the order ``forward`` applies them (dropout acts only in training)."""
+        return [("fc1", self.fc1), ("lif1", self.lif1), ("fc2", self.fc2), ("lif2", self.lif2)]
 
 
 class FCPoisson(SpikingNet):
@@ -131,6 +136,10 @@ class FCPoisson(SpikingNet):
         else:
             s = self.lif(self.fc(seq))
         return SNNOutput(s, self.lif.membrane)
+
+    def nir_layers(self) -> list[tuple[str, nn.Module]]:
+        """The layers in the order ``forward`` applies them (the encoder stays outside)."""
+        return [("fc", self.fc), ("lif", self.lif)]
 
 
 class CSNN(SpikingNet):
@@ -180,6 +189,53 @@ class CSNN(SpikingNet):
         s = self.sn3(self.fc1(y).view(T, N, -1))
         s = self.sn4(self.fc2(s))
         return SNNOutput(s, self.sn4.membrane)
+
+    def nir_layers(self) -> list[tuple[str, nn.Module]]:
+        """The layers in the order ``forward`` applies them (the functional max-pools as modules)."""
+        return [
+            ("conv1", self.conv1), ("bn1", self.bn1), ("sn1", self.sn1), ("pool1", nn.MaxPool2d(2)),
+            ("conv2", self.conv2), ("bn2", self.bn2), ("sn2", self.sn2), ("pool2", nn.MaxPool2d(2)),
+            ("flatten", nn.Flatten()), ("fc1", self.fc1), ("sn3", self.sn3), ("fc2", self.fc2), ("sn4", self.sn4),
+        ]
+
+
+class SpikingSequential(nn.Sequential):
+    """Layers applied in order to a sequence ``[T, N, ...]``.
+
+    Stateless layers (Linear, Conv, pooling, Flatten, BatchNorm, Dropout) see time
+    folded into the batch (``[T·N, ...]``); neuron layers (:class:`LIF`, :class:`IF`)
+    see the sequence and run their whole time loop at once. ``net(x)`` takes
+    ``[T, N, ...]``; ``net(x, steps=T)`` takes one slice ``[N, ...]`` that is the same
+    at every step (direct input: the layers before the first neuron run once).
+    Neuron state is reset at the start of every call. A net of Linear/Conv2d/AvgPool2d/
+    Flatten and LIF/IF layers with the zero reset exports to NIR
+    (:func:`spikeforge.nir.export_nir`).
+    """
+
+    def forward(self, x: torch.Tensor, steps: int | None = None) -> torch.Tensor:  # type: ignore[override]
+        reset_states(self)
+        static = steps is not None
+        if static and (int(steps) != steps or steps < 1):  # type: ignore[operator]
+            raise ValueError(f"steps must be a positive number of time steps, got {steps!r}")
+        if not static and x.dim() < 3:
+            raise ValueError(f"SpikingSequential expects [T, N, ...] input (or [N, ...] with steps=T), "
+                             f"got shape {tuple(x.shape)}")
+        T = int(steps) if static else x.shape[0]
+        for m in self:
+            if isinstance(m, LIF):
+                x = m(x, steps=T) if static else m(x)
+                static = False
+            elif static:
+                x = m(x)
+            else:
+                y = m(x.flatten(0, 1))
+                x = y.reshape(T, x.shape[1], *y.shape[1:])
+        if static:
+            x = x.unsqueeze(0).expand(T, *x.shape)
+        return x
+
+    def nir_layers(self) -> list[tuple[str, nn.Module]]:
+        return list(self.named_children())
 
 
 @register_model("fc-lif")
