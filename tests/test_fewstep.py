@@ -173,3 +173,25 @@ def test_calibration_sees_the_ann_max_pool():
     with torch.no_grad():
         h = net[5](net[4](net[3](net[2](net[1](net[0](x))))))
     assert float(snn.neurons()["sf_neuron1"].threshold) == pytest.approx(float(h.max()), rel=1e-5)
+
+
+def test_sgd_decays_qcfs_ceilings_like_weights():
+    from spikeforge.models import create_model
+    from spikeforge.train.ann import _make_optimizer
+
+    model = create_model("cifar-fast", widths=(4, 8, 8), act="qcfs", levels=4)
+    opt = _make_optimizer(model, "sgd", 0.1, 1e-3, 0.9, 64.0)
+    ceilings = {id(m.threshold) for m in model.modules() if isinstance(m, QCFS)}
+    assert len(ceilings) == 7  # the whitening activation and two per block
+    for group in opt.param_groups:
+        ids = {id(p) for p in group["params"]}
+        if ids & ceilings:
+            assert ceilings <= ids and group["weight_decay"] == 1e-3 and group["lr"] == 0.1
+    # one Nesterov step with zero loss gradient shrinks λ by lr · wd · (1 + momentum) · λ
+    before = {id(m.threshold): float(m.threshold) for m in model.modules() if isinstance(m, QCFS)}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p) if p.requires_grad else None
+    opt.step()
+    for m in model.modules():
+        if isinstance(m, QCFS):
+            assert float(m.threshold) == pytest.approx(before[id(m.threshold)] * (1 - 0.1 * 1e-3 * 1.9), rel=1e-6)

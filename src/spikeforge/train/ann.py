@@ -13,6 +13,7 @@ from tqdm import tqdm
 from spikeforge.data import iterate_batches
 from spikeforge.data.augment import random_crop_flip, random_shift
 from spikeforge.errors import CheckpointError, ConfigError, DataError
+from spikeforge.layers import QCFS
 from spikeforge.progress import progress as progress_bar
 from spikeforge.train.divergence import check_loss, check_lr, check_weights
 
@@ -29,13 +30,17 @@ def _make_optimizer(model: nn.Module, kind: str, lr: float, weight_decay: float,
     params = [p for p in model.parameters() if p.requires_grad]
     if kind == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    norm_ids = set()
+    norm_ids, ceiling_ids = set(), set()
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             norm_ids.update(id(p) for p in m.parameters())
-    weights = [p for p in params if p.dim() > 1]
+        elif isinstance(m, QCFS):
+            ceiling_ids.add(id(m.threshold))
+    # QCFS ceilings λ are decayed like the weights, as in Bu et al.'s training (with no
+    # decay, the clipped activations' gradient can keep λ far above the activations).
+    weights = [p for p in params if p.dim() > 1 or id(p) in ceiling_ids]
     norm = [p for p in params if id(p) in norm_ids]
-    other = [p for p in params if p.dim() <= 1 and id(p) not in norm_ids]
+    other = [p for p in params if p.dim() <= 1 and id(p) not in norm_ids and id(p) not in ceiling_ids]
     groups = [dict(params=weights, lr=lr, weight_decay=weight_decay)]
     if norm:
         groups.append(dict(params=norm, lr=lr * bias_lr_scale, weight_decay=weight_decay / bias_lr_scale))
