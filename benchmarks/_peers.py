@@ -75,12 +75,43 @@ from typing import Iterable
 import torch
 
 from spikingjelly.activation_based import ann2snn, functional
+from spikingjelly.activation_based.ann2snn.recipes import local_threshold_balancing as _sj_ltb
 from spikingjelly.activation_based.ann2snn.recipes import rate_coding as _sj_rate_coding
 
 __all__ = ["sj_convert", "sj_run"]
 
 
 def sj_convert(
+    model: torch.nn.Module,
+    calib_loader: Iterable,
+    *,
+    mode: str = "99.9%",
+    progress: bool = False,
+) -> torch.nn.Module:
+    """SpikingJelly 2.0.0 conversion; ``mode="ltb"`` selects its local-threshold-balancing recipe.
+
+    Any other ``mode`` is the classic rate-coding recipe (see :func:`_sj_rate_coding_convert`).
+    The local-threshold-balancing recipe (Bu, Li, Yu 2024, as implemented in
+    ``ann2snn/recipes/local_threshold_balancing.py``) learns one threshold per channel
+    from the calibration batches (it grows by twice the mean overflow of each batch),
+    moves a max-pool that follows a ReLU in front of the neuron, and uses
+    ``HalfThresholdIFNode`` neurons (initial membrane θ/2, soft reset).
+    """
+    if mode.lower() == "ltb":
+        ann = copy.deepcopy(model).cpu().eval()
+        recipe = _sj_ltb.LocalThresholdBalancingRecipe(dataloader=calib_loader)
+        orig_tqdm = _sj_ltb.tqdm
+        if not progress:
+            _sj_ltb.tqdm = lambda it, *a, **k: it
+        try:
+            snn = ann2snn.Converter(recipe=recipe, device="cpu").convert(ann)
+        finally:
+            _sj_ltb.tqdm = orig_tqdm
+        return snn.cpu().eval()
+    return _sj_rate_coding_convert(model, calib_loader, mode=mode, progress=progress)
+
+
+def _sj_rate_coding_convert(
     model: torch.nn.Module,
     calib_loader: Iterable,
     *,

@@ -9,7 +9,9 @@ Usage::
 holds the trained weights and the training options, including ``--val-split``); the
 SNNs are evaluated on the first ``--n`` images of the same held-out split. A method is
 ``percentile[:p]``, ``mse@T`` or ``mse+bias@T`` / ``mse+potential@T`` /
-``percentile+bias@T`` (T = the target steps of the threshold search and corrections).
+``percentile+bias@T`` (T = the target steps of the threshold search and corrections), with
+``/pc`` appended for per-channel thresholds and ``/cbN`` for N correction batches
+(``mse+potential@8/pc/cb4``).
 Prints, per method, the conversion time and accuracy at T = 1, 2, 4, 8, 16, 32, 64, and
 writes ``methods.json`` into ``--run``.
 """
@@ -32,12 +34,26 @@ from spikeforge.train import evaluate_classifier, load_checkpoint
 
 
 def parse_method(text: str) -> dict:
-    name, _, target = text.partition("@")
+    """convert() keywords of a method string such as ``mse+potential@8``.
+
+    Suffixes: ``/pc`` per-channel thresholds, ``/cbN`` N calibration batches for the
+    corrections (default 1), e.g. ``mse+potential@8/pc/cb4``.
+    """
+    body, *flags = text.split("/")
+    kw: dict = {"per_channel": False}
+    for flag in flags:
+        if flag == "pc":
+            kw["per_channel"] = True
+        elif flag.startswith("cb") and flag[2:].isdigit() and int(flag[2:]) > 0:
+            kw["correction_batches"] = int(flag[2:])
+        else:
+            raise SystemExit(f"bad --method {text!r}: unknown suffix /{flag} (known: /pc, /cbN)")
+    name, _, target = body.partition("@")
     base, _, corr = name.partition("+")
     thr, _, p = base.partition(":")
     if thr not in ("percentile", "mse") or corr not in ("", "bias", "potential"):
         raise SystemExit(f"bad --method {text!r}")
-    kw: dict = {"percentile": float(p) if p else 99.99}
+    kw["percentile"] = float(p) if p else 99.99
     if thr == "mse" or corr:
         if not target:
             raise SystemExit(f"--method {text!r} needs @T (target steps)")
