@@ -33,15 +33,17 @@ import torch
 from spikeforge.convert import convert
 from spikeforge.data import dataset_names
 from spikeforge.evaluate import evaluate_snn
+from spikeforge.errors import ConfigError, IncompatibleDataError
 from spikeforge.experiments.common import (
-    add_method_arguments, add_val_split_argument, command_line, environment, eval_split_name, load_split_tensors,
-    method_name, method_options, positive_int,
+    add_method_arguments, add_val_split_argument, command_line, environment, eval_split_name, integer,
+    load_split_tensors, method_name, method_options, positive_int, prepare_out_dir, require_images, seed_int,
 )
 from spikeforge.io import write_json, write_text
 from spikeforge.models import create_model
 from spikeforge.models.backbones import ACTIVATIONS
 from spikeforge.plots import plot_study
 from spikeforge.train import CheckpointError, evaluate_classifier, load_checkpoint, save_checkpoint, train_classifier
+from spikeforge.train.checkpoint import load_state
 from spikeforge.train.simclr import linear_probe, pretrain_simclr
 
 
@@ -121,15 +123,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated subset of: {', '.join(ENTRIES)} (default: the preset's list)")
     p.add_argument("--load", action="append", default=[], metavar="NAME=PATH",
                    help="convert weights from a state dict file instead of training NAME (repeatable)")
-    p.add_argument("--epochs", type=positive_int, default=None, help="override the preset's epochs")
-    p.add_argument("--T", type=positive_int, default=None, help="override the preset's time steps")
-    p.add_argument("--max-spikes", type=positive_int, default=None, help="burst spikes Γ (override)")
+    p.add_argument("--epochs", type=integer(1, 1_000_000), default=None, help="override the preset's epochs")
+    p.add_argument("--T", type=integer(1, 100_000), default=None, help="override the preset's time steps")
+    p.add_argument("--max-spikes", type=integer(1, 1024), default=None, help="burst spikes Γ (override)")
     p.add_argument("--activation", choices=ACTIVATIONS, default=None,
                    help="train with qcfs (quantized clip-floor-shift; converts in few steps) or plain relu "
                         "(thresholds from activation percentiles); default: the preset's (relu)")
-    p.add_argument("--levels", type=positive_int, default=8, help="QCFS quantization levels L")
+    p.add_argument("--levels", type=integer(1, 65536), default=8, help="QCFS quantization levels L")
     add_method_arguments(p, activation=False)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -143,11 +145,14 @@ def _preset(args: argparse.Namespace) -> Preset:
         pr.max_spikes = args.max_spikes
     if args.activation is not None:
         pr.activation = args.activation
-    if args.models:
+    if args.models is not None:
         names = [n.strip() for n in args.models.split(",") if n.strip()]
+        if not names:
+            raise ConfigError(f"--models {args.models!r} names no model; give a comma-separated subset of: "
+                              f"{', '.join(ENTRIES)}")
         unknown = [n for n in names if n not in ENTRIES]
         if unknown:
-            raise ValueError(f"unknown study model(s) {', '.join(unknown)}; choose from {', '.join(ENTRIES)}")
+            raise ConfigError(f"unknown study model(s) {', '.join(unknown)}; choose from {', '.join(ENTRIES)}")
         pr.models = tuple(names)
     return pr
 
@@ -157,11 +162,11 @@ def _parse_loads(items: list[str]) -> dict[str, Path]:
     for item in items:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
-            raise ValueError(f"--load expects NAME=PATH, got {item!r}")
+            raise ConfigError(f"--load expects NAME=PATH, got {item!r}")
         if name not in ENTRIES or ENTRIES[name].weights_of is not None:
-            raise ValueError(f"--load: {name!r} is not a trainable study model ({', '.join(ENTRIES)})")
+            raise ConfigError(f"--load: {name!r} is not a trainable study model ({', '.join(ENTRIES)})")
         if not Path(path).is_file():
-            raise FileNotFoundError(f"--load {name}: no such file {path}")
+            raise CheckpointError(f"--load {name}: no such file {path}")
         loads[name] = Path(path)
     return loads
 
@@ -179,10 +184,7 @@ def load_state_dict_file(model: torch.nn.Module, path: Path) -> None:
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} does not hold a state dict of tensors")
-    try:
-        model.load_state_dict(obj)
-    except RuntimeError as exc:
-        raise CheckpointError(f"weights in {path} do not fit {type(model).__name__}: {exc}") from exc
+    load_state(model, obj, path)
 
 
 def _subset(data: tuple[torch.Tensor, torch.Tensor], limit: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,6 +201,11 @@ class Study:
         self.args, self.preset, self.out = args, preset, out
         self.loads = _parse_loads(args.load)
         train, test, self.classes = load_split_tensors(args.dataset, args.data_dir, args.val_split)
+        require_images(args.dataset, args.data_dir, train, test, model="the study's backbones",
+                       num_classes=len(self.classes))
+        if min(train[0].shape[-2:]) < 16:
+            raise IncompatibleDataError(f"the study's backbones need images of at least 16×16 pixels; "
+                                        f"{args.dataset} has {train[0].shape[-2]}×{train[0].shape[-1]}")
         self.train = _subset(train, preset.train_limit, args.seed)
         self.test = _subset(test, preset.test_limit, args.seed + 1)
         self.in_channels = int(self.train[0].shape[1])
@@ -244,13 +251,14 @@ class Study:
             try:
                 payload = load_checkpoint(path, required=("model", "config", "info"))
                 if payload["config"] == cfg:
-                    model.load_state_dict(payload["model"])
+                    load_state(model, payload["model"], path)
                     info = dict(payload["info"], cached=True)
                     print(f"[{entry.name}] trained weights loaded from {path}")
                 else:
                     print(f"[{entry.name}] {path} was trained with another configuration; training again")
             except CheckpointError as exc:
                 print(f"[{entry.name}] warning: {exc}; training again")
+                model = self.build(entry)  # a failed load may have filled some layers
         if info is None:
             info = self._fit(entry, model)
             save_checkpoint(path, {"model": model.state_dict(), "config": cfg, "info": info})
@@ -409,8 +417,8 @@ def _figures(metrics: dict[str, Any], out: Path) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     method_options(args)  # bad method options fail before any work
     preset = _preset(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    _parse_loads(args.load)  # bad --load fails before any work
+    out = prepare_out_dir(args.out)
     t0 = time.perf_counter()
     study = Study(args, preset, out)
     sources = {ENTRIES[n].weights_of for n in preset.models}  # an ablation needs its source model
