@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,7 +39,11 @@ from spikeforge.evaluate_segmentation import (
     evaluate_snn_segmentation,
     power_of_two_steps,
 )
-from spikeforge.experiments.common import command_line, environment, percentile_value, positive_int
+from spikeforge.errors import ConfigError
+from spikeforge.experiments.common import (
+    command_line, environment, integer, learning_rate, nonnegative_float, nonnegative_int, percentile_value,
+    positive_int, prepare_out_dir, seed_int, unit_interval,
+)
 from spikeforge.experiments.registry import Experiment
 from spikeforge.io import write_json, write_text
 from spikeforge.metrics.segmentation import METRIC_KEYS, SegmentationScores
@@ -69,30 +72,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="folder with the Lucchi files")
     p.add_argument("--out", default="runs/unet-convert")
     p.add_argument("--quick", action="store_true", help="tiny data and model (seconds; for tests)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and of training")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the synthetic data and of training")
     p.add_argument("--train-slices", type=positive_int, default=None, help="training slices (synthetic: generated)")
     p.add_argument("--test-slices", type=positive_int, default=None, help="test slices (synthetic: generated)")
-    p.add_argument("--width", type=positive_int, default=None, help="UNet channels of the first level")
-    p.add_argument("--depth", type=positive_int, default=None, help="UNet down-samplings")
+    p.add_argument("--width", type=integer(1, 1024), default=None, help="UNet channels of the first level")
+    p.add_argument("--depth", type=integer(1, 12), default=None, help="UNet down-samplings")
     p.add_argument("--up", choices=("transpose", "nearest", "bilinear"), default="transpose")
     p.add_argument("--steps", type=positive_int, default=None, help="training steps (batches)")
     p.add_argument("--batch-size", type=positive_int, default=None)
     p.add_argument("--patch", type=positive_int, default=None, help="training patch size")
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--dice-weight", type=float, default=1.0, help="loss = BCE + w·(1 − soft Dice)")
-    p.add_argument("--T", type=positive_int, default=None, help="evaluate the SNN at 1, 2, 4, ..., T steps")
+    p.add_argument("--lr", type=learning_rate, default=None)
+    p.add_argument("--dice-weight", type=nonnegative_float, default=1.0, help="loss = BCE + w·(1 − soft Dice)")
+    p.add_argument("--T", type=integer(1, 100_000), default=None, help="evaluate the SNN at 1, 2, 4, ..., T steps")
     p.add_argument("--snn-slices", type=positive_int, default=None, help="test slices the SNN is run on")
-    p.add_argument("--ann-slices", type=int, default=None, help="test slices for the ANN (0 = all)")
-    p.add_argument("--tile", type=int, default=None, help="inference window (0 = whole slice)")
-    p.add_argument("--overlap", type=int, default=None, help="context kept around each tile")
+    p.add_argument("--ann-slices", type=nonnegative_int, default=None, help="test slices for the ANN (0 = all)")
+    p.add_argument("--tile", type=nonnegative_int, default=None, help="inference window (0 = whole slice)")
+    p.add_argument("--overlap", type=nonnegative_int, default=None, help="context kept around each tile")
     p.add_argument("--percentile", type=percentile_value, default=99.0)
     p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=False,
                    help="per-channel thresholds (default: one per layer)")
-    p.add_argument("--max-spikes", type=positive_int, default=3, help="burst spikes Γ per step")
-    p.add_argument("--v-init", type=float, default=0.5, help="initial membrane / threshold")
+    p.add_argument("--max-spikes", type=integer(1, 1024), default=3, help="burst spikes Γ per step")
+    p.add_argument("--v-init", type=unit_interval, default=0.5, help="initial membrane / threshold, in [0, 1]")
     p.add_argument("--calib-batches", type=positive_int, default=None, help="calibration batches of 8 patches")
-    p.add_argument("--examples", type=int, default=None, help="side-by-side images to save")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--examples", type=nonnegative_int, default=None, help="side-by-side images to save")
+    p.add_argument("--threads", type=integer(0, 1024), default=None,
                    help="CPU threads (0 = PyTorch's default; --quick uses 1: its tensors are tiny)")
     p.add_argument("--retrain", action="store_true", help="ignore a cached checkpoint in --out")
     p.add_argument("--no-progress", action="store_true")
@@ -105,6 +108,19 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
         cfg["train_slices"] = args.train_slices  # None = all slices in the files
         cfg["test_slices"] = args.test_slices
     return cfg
+
+
+def _check_geometry(cfg: dict[str, Any], slice_shape: tuple[int, int] | None = None) -> None:
+    """The UNet halves its input ``depth`` times: patches must be multiples of 2^depth and fit the slices."""
+    m = 2 ** cfg["depth"]
+    if cfg["patch"] % m:
+        raise ConfigError(
+            f"--patch {cfg['patch']} does not fit --depth {cfg['depth']}: the UNet halves its input "
+            f"{cfg['depth']} times, so patches must be a multiple of 2^{cfg['depth']} = {m} pixels; "
+            f"lower --depth or choose --patch {max(m, cfg['patch'] - cfg['patch'] % m)}"
+        )
+    if slice_shape is not None and cfg["patch"] > min(slice_shape):
+        raise ConfigError(f"--patch {cfg['patch']} is larger than the slices ({slice_shape[0]}×{slice_shape[1]})")
 
 
 def _load(args: argparse.Namespace, cfg: dict[str, Any]):
@@ -200,13 +216,14 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     # Reuse freed activation buffers instead of page-faulting fresh ones at every step
     # (1.5x faster SNN steps on full slices; the peak stays far below 4 GB).
     keep_freed_memory()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     cfg = _resolve(args)
+    _check_geometry(cfg)
+    out = prepare_out_dir(args.out)
     torch.manual_seed(args.seed)
 
     t0 = time.perf_counter()
     train, test = _load(args, cfg)
+    _check_geometry(cfg, train.slice_shape)
     data_seconds = time.perf_counter() - t0
     _log(f"data: {len(train)} train / {len(test)} test slices of {train.slice_shape} ({data_seconds:.1f} s)")
 
