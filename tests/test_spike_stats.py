@@ -221,3 +221,23 @@ def test_direct_nets_counted_in_eval_only_and_by_value():
     assert s["layers"]["conv1"]["input"].startswith("analog")
     assert s["layers"]["conv2"]["input"] == "spikes" and s["layers"]["fc1"]["input"] == "spikes"
     assert s["layers"]["sn1"]["neurons"] == 4 * 28 * 28
+
+
+def test_evaluate_snn_collects_the_statistics_in_the_same_pass():
+    from spikeforge.evaluate import evaluate_snn
+
+    ann = avg_lenet5()
+    x = torch.rand(30, 1, 28, 28, generator=torch.Generator().manual_seed(5))
+    y = torch.randint(0, 10, (30,))
+    snn = convert(ann, x)
+    calls = []
+    h = snn.graph_module.register_forward_pre_hook(lambda m, a: calls.append(1))
+    res = evaluate_snn(snn, x, y, 6, batch_size=10)
+    h.remove()
+    assert len(calls) == 3  # one run per batch: no second pass for the statistics
+    s = res["spike_stats"]
+    assert s["images"] == 30 and s["T"] == 6 and len(s["per_step"]["sops_per_image"]) == 6
+    for name, rate in res["firing_rates"].items():
+        assert s["layers"][name]["spikes_per_neuron_per_step"] == pytest.approx(rate)
+    assert "spike_stats" not in evaluate_snn(snn, x, y, 2, spike_stats=False)
+    assert not snn.graph_module._forward_pre_hooks  # the hooks are gone afterwards
