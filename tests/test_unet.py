@@ -13,6 +13,7 @@ from spikeforge.cli import main as cli_main
 from spikeforge.convert import convert
 from spikeforge.data.segmentation import PatchSampler, SegmentationSet
 from spikeforge.evaluate_segmentation import power_of_two_steps, snn_mean_logits
+from spikeforge.layers import SpikingMaxPool2d, lipool_reference
 from spikeforge.metrics.segmentation import SegmentationScores, binary_counts, dice_score, scores_from_counts
 from spikeforge.models import create_model, list_models
 from spikeforge.train.segmentation import bce_dice_loss, train_segmenter
@@ -130,6 +131,77 @@ def test_stream_chunks_equal_forward_and_channels_last_matches(opts):
     torch.testing.assert_close(means[0], cum[2] / 3)
     torch.testing.assert_close(means[1], cum[11] / 12)
     torch.testing.assert_close(means[2], cum[0])
+
+
+def _native_available() -> bool:
+    from spikeforge import _native
+
+    return _native.library() is not None
+
+
+needs_native = pytest.mark.skipif(not _native_available(), reason="no C compiler")
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("kernel, H, W", [(2, 9, 13), (3, 12, 10)])
+def test_native_lipool_equals_torch_path(dtype, channels_last, kernel, H, W, monkeypatch):
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randint(0, 4, (10, 2, 5, H, W), generator=g).float() * 0.37).to(dtype)  # θ·S, S ≤ Γ=3
+    if channels_last:
+        x = x.reshape(20, 5, H, W).contiguous(memory_format=torch.channels_last).view(10, 2, 5, H, W)
+
+    def run() -> torch.Tensor:
+        pool = SpikingMaxPool2d(kernel)
+        return torch.cat([pool(x[:4]), pool(x[4:7]), pool(x[7:])])  # state carried over chunks
+
+    assert SpikingMaxPool2d(kernel)._lipool_native(x[:2]) is not None
+    native = run()
+    monkeypatch.setenv("SPIKEFORGE_NATIVE", "0")
+    assert SpikingMaxPool2d(kernel)._lipool_native(x[:2]) is None
+    reference = run()
+    assert native.dtype == dtype and native.shape == (10, 2, 5, H // kernel, W // kernel)
+    assert torch.equal(native, reference)
+    h, w = H // kernel * kernel, W // kernel * kernel
+    exact = lipool_reference(x.float()[..., :h, :w], kernel)
+    torch.testing.assert_close(native.float(), exact, atol=1e-5 if dtype == torch.float32 else 1e-2, rtol=0)
+
+
+@needs_native
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+@pytest.mark.parametrize("max_spikes", [1, 3])
+@pytest.mark.parametrize("constant", [False, True])
+def test_bf16_if_neuron_native_equals_torch_path(reset, max_spikes, constant, monkeypatch):
+    from spikeforge.functional.neuron import if_seq
+
+    g = torch.Generator().manual_seed(2)
+    T = 12
+    x = torch.rand(3, 7, 11, generator=g) if constant else torch.rand(T, 3, 7, 11, generator=g)
+    x = (x * max_spikes - 0.2).bfloat16()
+    kw = dict(threshold=0.7, v_init=0.5, reset=reset, max_spikes=max_spikes, scale_output=True,
+              steps=T if constant else None)
+    s_native, v_native = if_seq(x, **kw)
+    monkeypatch.setenv("SPIKEFORGE_NATIVE", "0")
+    s_torch, v_torch = if_seq(x, **kw)
+    assert s_native.dtype == torch.bfloat16 and v_native.dtype == v_torch.dtype == torch.float32
+    assert s_native.float().sum() > 0
+    assert torch.equal(s_native, s_torch) and torch.equal(v_native, v_torch)
+
+
+def test_bf16_snn_is_close_to_fp32_and_native_equals_torch_path(monkeypatch):
+    torch.manual_seed(0)
+    net = randomize_bn(create_model("unet", width=4, depth=2), seed=3)
+    snn = convert(net, torch.rand(16, 1, 16, 16), percentile=99.9, max_spikes=3, channels_last=True)
+    x = torch.rand(2, 1, 16, 24)
+    fp32 = snn_mean_logits(snn, x, [8, 32])
+    bf16 = snn_mean_logits(snn, x, [8, 32], bf16=True)
+    assert bf16.dtype == torch.float32 and bf16.shape == fp32.shape
+    assert float((bf16 - fp32).abs().mean() / fp32.abs().mean()) < 0.05
+    if _native_available():
+        monkeypatch.setenv("SPIKEFORGE_NATIVE", "0")
+        assert torch.equal(snn_mean_logits(snn, x, [8, 32]), fp32)
+        assert torch.equal(snn_mean_logits(snn, x, [8, 32], bf16=True), bf16)
 
 
 def test_chunk_size_scales_with_the_input_size():

@@ -66,11 +66,14 @@ def snn_mean_logits(
     *,
     counter: SpikeCounter | None = None,
     chunk: int | None = None,
+    bf16: bool = False,
 ) -> torch.Tensor:
     """Mean output over the first ``t`` steps for each ``t`` in ``steps``: ``[len(steps), N, ...]``.
 
     One run of ``max(steps)`` steps; spike counts are recorded (and added to
-    ``counter``) only when a counter is given.
+    ``counter``) only when a counter is given. ``bf16=True`` runs the SNN's
+    convolutions under bfloat16 autocast (spikes, pools and concatenations then flow
+    as bfloat16; membranes, pool sums and this running mean stay float32).
     """
     wanted = sorted(set(int(t) for t in steps))
     if not wanted or wanted[0] < 1:
@@ -79,14 +82,15 @@ def snn_mean_logits(
     total: torch.Tensor | None = None
     out: torch.Tensor | None = None
     t = 0
-    for y in snn.stream(x, wanted[-1], chunk=chunk, record=counter is not None):
-        for k in range(y.shape[0]):
-            t += 1
-            total = y[k].clone() if total is None else total.add_(y[k])
-            if t in index:
-                if out is None:
-                    out = total.new_empty((len(wanted), *total.shape))
-                torch.div(total, t, out=out[index[t]])
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        for y in snn.stream(x, wanted[-1], chunk=chunk, record=counter is not None):
+            for k in range(y.shape[0]):
+                t += 1
+                total = y[k].to(torch.float32, copy=True) if total is None else total.add_(y[k])
+                if t in index:
+                    if out is None:
+                        out = total.new_empty((len(wanted), *total.shape))
+                    torch.div(total, t, out=out[index[t]])
     if counter is not None:
         counter.add(snn)
     assert out is not None
@@ -94,11 +98,12 @@ def snn_mean_logits(
     return out[order] if order != list(range(len(wanted))) else out
 
 
-def _ann_fn(model: nn.Module, channels_last: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+def _ann_fn(model: nn.Module, channels_last: bool, bf16: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
     def run(x: torch.Tensor) -> torch.Tensor:
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return model(x).contiguous()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return model(x).float().contiguous()
 
     return run
 
@@ -114,15 +119,17 @@ def evaluate_ann_segmentation(
     multiple: int = 1,
     channels_last: bool = False,
     on_slice: Callable[[int, torch.Tensor], None] | None = None,
+    bf16: bool = False,
 ) -> tuple[dict[str, float], float]:
     """Metrics of ``model`` on slices ``indices``; returns ``(scores, seconds)``.
 
-    ``on_slice(i, logits [1, 1, H, W])`` is called for every slice.
+    ``on_slice(i, logits [1, 1, H, W])`` is called for every slice. ``bf16`` runs the
+    model under bfloat16 autocast (logits returned as float32).
     """
     model.eval()
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    fn = _ann_fn(model, channels_last)
+    fn = _ann_fn(model, channels_last, bf16)
     scores = SegmentationScores()
     seconds = 0.0
     for i in indices:
@@ -150,12 +157,14 @@ def evaluate_snn_segmentation(
     count_slices: int | None = None,
     on_slice: Callable[[int, torch.Tensor], None] | None = None,
     progress: Callable[[str], None] | None = None,
+    bf16: bool = False,
 ) -> tuple[dict[int, dict[str, float]], float]:
     """Metrics of the SNN after each of ``steps`` on slices ``indices``.
 
     Returns ``({t: scores}, seconds)``. Spikes are counted into ``counter`` on the
     first ``count_slices`` slices (all when None; counting costs time).
     ``on_slice(i, mean_logits [S, 1, 1, H, W])`` is called for every slice.
+    ``bf16``: see :func:`snn_mean_logits`.
     """
     scores = {int(t): SegmentationScores() for t in steps}
     seconds = 0.0
@@ -164,7 +173,7 @@ def evaluate_snn_segmentation(
         t0 = time.perf_counter()
         count = counter if count_slices is None or n < count_slices else None
         logits = tiled_predict(
-            lambda w: snn_mean_logits(snn, w, steps, counter=count), x,
+            lambda w: snn_mean_logits(snn, w, steps, counter=count, bf16=bf16), x,
             tile=tile, overlap=overlap, multiple=multiple,
         )
         seconds += time.perf_counter() - t0

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spikeforge.functional.neuron import empty_sequence
 from spikeforge.neurons import StatefulModule
 
 POOL_MODES: tuple[str, ...] = ("lipool", "gated", "plain")
@@ -97,50 +98,95 @@ class SpikingMaxPool2d(StatefulModule):
             out = self._pool(xs.reshape(K * N, *xs.shape[2:]))
             return out if self.clock is not None else out.view(K, N, *out.shape[1:])
         if self.mode == "lipool":
-            fast = self._lipool_native(xs)
-            if fast is not None:
-                return fast if self.clock is None else fast.view(K * N, *fast.shape[2:])
+            out = self._lipool_native(xs)
+            if out is None:
+                out = self._lipool_steps(xs)
+            return out if self.clock is None else out.view(K * N, *out.shape[2:])
+        # gated: the unit with the largest accumulated input passes its current input
         acc = torch.cumsum(xs, dim=0)
         if self.acc is not None:
             acc += self.acc
         self.acc = acc[-1].clone()
         flat = acc.reshape(K * N, *xs.shape[2:])
-        if self.mode == "lipool":
-            pooled = self._pool(flat).view(K, N, *self._out_shape(xs))
-            prev = self.pooled if self.pooled is not None else torch.zeros_like(pooled[0])
-            out = torch.diff(pooled, dim=0, prepend=prev.unsqueeze(0))
-            self.pooled = pooled[-1].clone()
-        else:  # gated: the unit with the largest accumulated input passes its current input
-            key = flat.double() * 1e6 + xs.reshape(K * N, *xs.shape[2:]).double()
-            _, idx = self._pool(key, return_indices=True)
-            src = xs.reshape(K * N, xs.shape[2], -1)
-            out = src.gather(2, idx.flatten(2)).view(K, N, *idx.shape[1:])
+        key = flat.double() * 1e6 + xs.reshape(K * N, *xs.shape[2:]).double()
+        _, idx = self._pool(key, return_indices=True)
+        src = xs.reshape(K * N, xs.shape[2], -1)
+        out = src.gather(2, idx.flatten(2)).view(K, N, *idx.shape[1:])
         if self.clock is None:
             return out
         return out.reshape(K * N, *out.shape[2:])
 
+    def _lipool_steps(self, xs: torch.Tensor) -> torch.Tensor:
+        """LIPool in PyTorch ops, one step after the other (any kernel, stride, padding).
+
+        The running sum and the maxima are float32 (also for bfloat16 input) and are
+        updated in the same order as the native kernels, so both give the same bits.
+        """
+        K = xs.shape[0]
+        if self.acc is None:
+            self.acc = torch.zeros_like(xs[0], dtype=torch.float32)
+        elif self.acc.dtype != torch.float32:
+            self.acc = self.acc.float()
+        acc = self.acc
+        prev = self.pooled
+        out: torch.Tensor | None = None
+        for k in range(K):
+            acc.add_(xs[k])
+            pooled = self._pool(acc)
+            if out is None:
+                out = empty_sequence(K, pooled, xs.dtype)
+            if prev is None:
+                out[k].copy_(pooled)
+            else:
+                torch.sub(pooled, prev, out=out[k])
+            prev = pooled
+        self.pooled = prev
+        assert out is not None
+        return out
+
     def _lipool_native(self, xs: torch.Tensor) -> torch.Tensor | None:
-        """LIPool on the compiled kernel (kernel = stride, contiguous float32), or None."""
-        if self._tiled is None or xs.dtype != torch.float32 or not xs.is_contiguous() or xs.dim() != 5:
+        """LIPool on the compiled kernels, or None: kernel = stride, float32 or bfloat16
+        time slices that are contiguous or channels-last; float32 state in that layout."""
+        if (self._tiled is None or xs.dim() != 5 or xs.dtype not in (torch.float32, torch.bfloat16)
+                or xs.device.type != "cpu"):
+            return None
+        K, N, C, H, W = xs.shape
+        if xs.is_contiguous():
+            fmt = torch.contiguous_format
+        elif _channels_last(xs):
+            fmt = torch.channels_last
+        else:
             return None
         from spikeforge import _native
 
         lib = _native.library()
         if lib is None:
             return None
-        K, N, C, H, W = xs.shape
         kh, kw = self._tiled
+        Ho, Wo = H // kh, W // kw
         if self.acc is None:
-            self.acc = torch.zeros((N, C, H, W))
-            self.pooled = torch.zeros((N, C, H // kh, W // kw))
-        out = torch.empty((K, N, C, H // kh, W // kw))
-        lib.sf_lipool_f32(xs.data_ptr(), K, N * C, H, W, kh, kw, self.acc.data_ptr(), self.pooled.data_ptr(),
-                          out.data_ptr(), torch.get_num_threads())
-        return out
+            self.acc = torch.zeros((N, C, H, W)).contiguous(memory_format=fmt)
+            self.pooled = torch.zeros((N, C, Ho, Wo)).contiguous(memory_format=fmt)
+        else:  # carried over from a chunk of another layout or dtype (not the case in one run)
+            self.acc = self.acc.float().contiguous(memory_format=fmt)
+            pooled = self.pooled if self.pooled is not None else self._pool(self.acc)
+            self.pooled = pooled.float().contiguous(memory_format=fmt)
+        out = torch.empty((K * N, C, Ho, Wo), dtype=xs.dtype, memory_format=fmt)
+        bf = xs.dtype == torch.bfloat16
+        state = (kh, kw, self.acc.data_ptr(), self.pooled.data_ptr(), out.data_ptr(), torch.get_num_threads())
+        if fmt == torch.channels_last:
+            fn = lib.sf_lipool_cl_bf16 if bf else lib.sf_lipool_cl_f32
+            fn(xs.data_ptr(), K, N, H, W, C, *state)
+        else:
+            fn = lib.sf_lipool_bf16 if bf else lib.sf_lipool_f32
+            fn(xs.data_ptr(), K, N * C, H, W, *state)
+        return out.view(K, N, C, Ho, Wo)
 
-    def _out_shape(self, xs: torch.Tensor) -> tuple[int, ...]:
-        with torch.no_grad():
-            return tuple(self._pool(xs[0, :1]).shape[1:])
+
+def _channels_last(xs: torch.Tensor) -> bool:
+    """Whether ``[K, N, C, H, W]`` holds channels-last ``[K·N, C, H, W]`` images back to back."""
+    K, N, C, H, W = xs.shape
+    return xs.stride() == (N * H * W * C, H * W * C, 1, W * C, C)
 
 
 def _pair(v) -> tuple[int, int]:

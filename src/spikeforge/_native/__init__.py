@@ -59,7 +59,7 @@ def _build(cc: str) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=".lif_kernels.", suffix=".so", dir=out.parent)
     os.close(fd)
     try:
-        res = subprocess.run([cc, *_FLAGS, str(_SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=120)
+        res = subprocess.run([cc, *_FLAGS, str(_SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=600)
         if res.returncode != 0:
             raise RuntimeError(f"{cc} failed: {res.stderr.strip()[-800:]}")
         os.replace(tmp, out)  # atomic: concurrent builders never see a half-written library
@@ -83,8 +83,12 @@ def library() -> ctypes.CDLL | None:
         for name in ("sf_lif_forward_f32", "sf_lif_forward_bf16"):
             getattr(lib, name).argtypes = _FORWARD_ARGS
             getattr(lib, name).restype = None
-        lib.sf_lipool_f32.argtypes = [P, I64, I64, I64, I64, I, I, P, P, P, I]
-        lib.sf_lipool_f32.restype = None
+        for name in ("sf_lipool_f32", "sf_lipool_bf16"):
+            getattr(lib, name).argtypes = [P, I64, I64, I64, I64, I, I, P, P, P, I]
+            getattr(lib, name).restype = None
+        for name in ("sf_lipool_cl_f32", "sf_lipool_cl_bf16"):
+            getattr(lib, name).argtypes = [P, I64, I64, I64, I64, I64, I, I, P, P, P, I]
+            getattr(lib, name).restype = None
         for name in ("sf_lif_backward_f32", "sf_lif_backward_bf16"):
             getattr(lib, name).argtypes = _BACKWARD_ARGS
             getattr(lib, name).restype = None

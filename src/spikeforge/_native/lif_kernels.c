@@ -180,29 +180,84 @@ DEFINE_BACKWARD(sf_lif_backward_f32, 0)
 DEFINE_BACKWARD(sf_lif_backward_bf16, 1)
 
 /* Lateral-inhibition max-pool over time for kernel = stride = (kh, kw), no padding:
- * A_t = A_{t-1} + X_t; out_t = MP(A_t) - MP(A_{t-1}). x: [T, planes, H, W] contiguous
- * float; acc: [planes, H, W] and prev: [planes, Ho, Wo] carry the state between calls;
- * out: [T, planes, Ho, Wo]. Each plane stays in L1 while it is pooled. */
-void sf_lipool_f32(const float *x, int64_t T, int64_t planes, int64_t H, int64_t W, int kh, int kw,
-                   float *acc, float *prev, float *out, int nthreads) {
+ * A_t = A_{t-1} + X_t; out_t = MP(A_t) - MP(A_{t-1}). The running sums acc and the last
+ * maxima prev are float32 whatever the dtype of x/out (bf16 entry points read X and write
+ * out as bfloat16, out rounded to nearest even once); rows and columns beyond Ho*kh, Wo*kw
+ * are not pooled (as F.max_pool2d), and the channels-last kernel does not keep their sums.
+ *
+ * Contiguous layout: x [T, planes, H, W]; acc [planes, H, W]; prev [planes, Ho, Wo];
+ * out [T, planes, Ho, Wo]. Each plane stays in L1/L2 while it is pooled. */
+INLINE void lipool_planes(const void *x, int64_t T, int64_t planes, int64_t H, int64_t W, int kh, int kw,
+                          float *acc, float *prev, void *out, int nthreads, const int bf) {
     const int64_t Ho = H / kh, Wo = W / kw, hw = H * W, ohw = Ho * Wo;
     _Pragma("omp parallel for num_threads(nthreads) schedule(static)")
     for (int64_t p = 0; p < planes; p++) {
         float *a = acc + p * hw, *pv = prev + p * ohw;
         for (int64_t t = 0; t < T; t++) {
-            const float *xp = x + (t * planes + p) * hw;
-            for (int64_t i = 0; i < hw; i++) a[i] += xp[i];
-            float *o = out + (t * planes + p) * ohw;
+            const int64_t xo = (t * planes + p) * hw;
+            for (int64_t i = 0; i < hw; i++) a[i] += ld(x, xo + i, bf);
+            const int64_t oo = (t * planes + p) * ohw;
             for (int64_t oy = 0; oy < Ho; oy++) {
                 for (int64_t ox = 0; ox < Wo; ox++) {
                     const float *w = a + oy * kh * W + ox * kw;
                     float m = w[0];
                     for (int dy = 0; dy < kh; dy++)
                         for (int dx = 0; dx < kw; dx++) { float v = w[dy * W + dx]; m = v > m ? v : m; }
-                    o[oy * Wo + ox] = m - pv[oy * Wo + ox];
+                    st(out, oo + oy * Wo + ox, m - pv[oy * Wo + ox], bf);
                     pv[oy * Wo + ox] = m;
                 }
             }
         }
     }
+}
+
+void sf_lipool_f32(const float *x, int64_t T, int64_t planes, int64_t H, int64_t W, int kh, int kw,
+                   float *acc, float *prev, float *out, int nthreads) {
+    lipool_planes(x, T, planes, H, W, kh, kw, acc, prev, out, nthreads, 0);
+}
+
+void sf_lipool_bf16(const void *x, int64_t T, int64_t planes, int64_t H, int64_t W, int kh, int kw,
+                    float *acc, float *prev, void *out, int nthreads) {
+    lipool_planes(x, T, planes, H, W, kh, kw, acc, prev, out, nthreads, 1);
+}
+
+/* Channels-last layout: x [T, N, H, W, C]; acc [N, H, W, C]; prev [N, Ho, Wo, C];
+ * out [T, N, Ho, Wo, C]. One task is one output row (n, oy): its kh input rows of
+ * acc (kh*W*C floats) stay in L1/L2 for all T steps; the channel loop is innermost
+ * and contiguous, so it vectorizes. */
+INLINE void lipool_cl(const void *x, int64_t T, int64_t N, int64_t H, int64_t W, int64_t C, int kh, int kw,
+                      float *acc, float *prev, void *out, int nthreads, const int bf) {
+    const int64_t Ho = H / kh, Wo = W / kw, wc = W * C, owc = Wo * C, used = Wo * kw * C;
+    _Pragma("omp parallel for num_threads(nthreads) schedule(static)")
+    for (int64_t r = 0; r < N * Ho; r++) {
+        const int64_t n = r / Ho, oy = r % Ho;
+        float *a = acc + (n * H + oy * kh) * wc, *pv = prev + (n * Ho + oy) * owc;
+        for (int64_t t = 0; t < T; t++) {
+            const int64_t xo = ((t * N + n) * H + oy * kh) * wc;
+            for (int dy = 0; dy < kh; dy++)
+                for (int64_t i = 0; i < used; i++) a[dy * wc + i] += ld(x, xo + dy * wc + i, bf);
+            const int64_t oo = ((t * N + n) * Ho + oy) * owc;
+            for (int64_t ox = 0; ox < Wo; ox++) {
+                const float *w = a + ox * kw * C;
+                float *pc = pv + ox * C;
+                for (int64_t c = 0; c < C; c++) {
+                    float m = w[c];
+                    for (int dy = 0; dy < kh; dy++)
+                        for (int dx = 0; dx < kw; dx++) { float v = w[dy * wc + dx * C + c]; m = v > m ? v : m; }
+                    st(out, oo + ox * C + c, m - pc[c], bf);
+                    pc[c] = m;
+                }
+            }
+        }
+    }
+}
+
+void sf_lipool_cl_f32(const float *x, int64_t T, int64_t N, int64_t H, int64_t W, int64_t C, int kh, int kw,
+                      float *acc, float *prev, float *out, int nthreads) {
+    lipool_cl(x, T, N, H, W, C, kh, kw, acc, prev, out, nthreads, 0);
+}
+
+void sf_lipool_cl_bf16(const void *x, int64_t T, int64_t N, int64_t H, int64_t W, int64_t C, int kh, int kw,
+                       float *acc, float *prev, void *out, int nthreads) {
+    lipool_cl(x, T, N, H, W, C, kh, kw, acc, prev, out, nthreads, 1);
 }

@@ -131,15 +131,20 @@ def if_seq(
     constant = steps is not None
     T = int(steps) if constant else x.shape[0]
     slice_like = x if constant else x[0]
+    # bfloat16 input: membrane and spike arithmetic in float32 (as the native kernel),
+    # spikes rounded to bfloat16 once when stored.
+    low = x.dtype == torch.bfloat16
     if v is None:
-        v = initial_membrane(slice_like, threshold, v_init)
+        v = initial_membrane(torch.empty_like(slice_like, dtype=torch.float32) if low else slice_like,
+                             threshold, v_init)
     else:
-        v = v.clone()
+        v = v.to(torch.float32, copy=True) if low else v.clone()
     out = empty_sequence(T, slice_like)
+    scratch = torch.empty_like(v) if low else None
     th = threshold
     for t in range(T):
         v.add_(x if constant else x[t])
-        o = out[t]
+        o = out[t] if scratch is None else scratch
         if max_spikes == 1:
             torch.ge(v, th, out=o)  # float output: much faster than a bool mask
         else:
@@ -155,4 +160,6 @@ def if_seq(
             v.masked_fill_(o > 0, 0.0)
             if scale_output:
                 o.mul_(th)
+        if scratch is not None:
+            out[t].copy_(o)
     return out, v
