@@ -311,3 +311,35 @@ def test_threshold_tie_rule_matches_nir():
     m = import_nir(graph)
     out = m(torch.tensor([[1.0, 1.5]]), 1)
     assert out[0, 0].tolist() == [0.0, 1.0]
+
+
+def test_cli_export_then_nir_run(tmp_path, capsys):
+    import json
+
+    from spikeforge.cli import main
+
+    out, graph = tmp_path / "run", tmp_path / "lenet5.nir"
+    args = ["run", "lenet5-convert", "--epochs", "1", "--T", "20", "--calib-batches", "2", "--pool", "avg",
+            "--reset", "zero", "--v-init", "0", "--export-nir", str(graph), "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["nir_export"]["path"] == str(graph) and graph.stat().st_size > 0
+    stats = m["spike_stats"]
+    assert stats["T"] == 20 and stats["images"] == m["n_test"] and stats["energy"]["45nm-fp32"]["snn_to_ann"] > 0
+    report = (out / "report.md").read_text()
+    assert "Energy estimate" in report and "estimate" in report and (out / "spike_stats.png").stat().st_size > 0
+    assert main(["nir-run", str(graph), "--T", "20", "--out", str(tmp_path / "nirrun")]) == 0
+    r = json.loads((tmp_path / "nirrun" / "metrics.json").read_text())
+    assert r["accuracy"]["20"] == pytest.approx(m["snn_accuracy"]["20"], abs=0.005)  # folded thresholds: rounding only
+    assert r["spike_stats"]["totals"]["sops_per_image"] == pytest.approx(stats["totals"]["sops_per_image"], rel=0.01)
+    # a network NIR cannot express is refused before training, naming the layer and the reason
+    capsys.readouterr()
+    refused = tmp_path / "refused"
+    assert main(["run", "lenet5-convert", "--epochs", "1", "--export-nir", str(tmp_path / "x.nir"), "--out",
+                 str(refused), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot export to NIR: layer 'sf_neuron0'" in err and "reset by subtraction" in err
+    assert main(["run", "lenet5-convert", "--epochs", "1", "--reset", "zero", "--v-init", "0", "--export-nir",
+                 str(tmp_path / "x.nir"), "--out", str(refused), "--no-progress"]) == 2
+    assert "max-pooling of spikes" in capsys.readouterr().err
+    assert not (refused / "lenet5.pt").exists() and not (tmp_path / "x.nir").exists()

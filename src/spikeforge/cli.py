@@ -24,6 +24,7 @@ from typing import Iterator, NoReturn
 
 from spikeforge.errors import DivergenceError, SpikeforgeError
 from spikeforge.experiments import EXPERIMENTS
+from spikeforge.nir.cli import add_run_arguments as add_nir_run_arguments, run_nir
 from spikeforge.train.checkpoint import forget_saved_checkpoints, last_saved_checkpoint
 
 #: Exit status of every reported error (bad input, bad option, fault with a clear cause).
@@ -59,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     studies = study.add_subparsers(dest="study", required=True, metavar="NAME")
     for name, (add_arguments, _run, description) in _studies().items():
         add_arguments(studies.add_parser(name, help=description, description=description, parents=[debug]))
+    nir_help = "import a NIR graph and evaluate it on a dataset at every step (needs spikeforge[nir])"
+    add_nir_run_arguments(sub.add_parser("nir-run", help=nir_help, description=nir_help, parents=[debug]))
     return parser
 
 
@@ -145,7 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         for name, (_a, _r, description) in _studies().items():
             print(f"study {name:14s} {description}")
         return 0
-    runner = _studies()[args.study][1] if args.command == "study" else EXPERIMENTS[args.experiment].run
+    if args.command == "nir-run":
+        runner = run_nir
+    else:
+        runner = _studies()[args.study][1] if args.command == "study" else EXPERIMENTS[args.experiment].run
     forget_saved_checkpoints()
     with _sigterm_as_interrupt() as term:
         try:

@@ -192,3 +192,38 @@ def plot_study(
     a1.legend(fontsize=7, loc="lower right")
     fig.suptitle(title)
     return save_figure(fig, path, dpi=120, bbox_inches="tight")
+
+
+def plot_spike_stats(stats: Mapping, path: str | Path, *, title: str = "spikes and operations per image",
+                     energy: str = "45nm-fp32") -> Path:
+    """Two bar charts from :meth:`spikeforge.metrics.spikes.SpikeStats.summary`: spikes per
+    neuron per step of each neuron layer, and per weighted layer the SNN's SOPs and MACs
+    beside the ANN's dense MACs (log scale), with the energy estimate in the title."""
+    layers = stats.get("layers", {})
+    neurons = {k: v for k, v in layers.items() if v["kind"] == "neurons"}
+    syn = {k: v for k, v in layers.items() if v["kind"] == "synapses"}
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [1, 1.6]})
+    names = list(neurons)
+    a1.bar(range(len(names)), [neurons[n]["spikes_per_neuron_per_step"] for n in names], color="#4477aa")
+    a1.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    a1.set_ylabel("spikes / neuron / step")
+    a1.set_title("firing rate per neuron layer")
+    a1.grid(alpha=0.3, axis="y")
+    names = list(syn)
+    x = list(range(len(names)))
+    w = 0.27
+    series = (("SOPs (SNN)", "sops_per_image", "#228833"), ("MACs (SNN, analog input)", "macs_per_image", "#ccbb44"),
+              ("MACs (ANN)", "ann_macs_per_image", "#aa3377"))
+    for i, (label, key, color) in enumerate(series):
+        a2.bar([v + (i - 1) * w for v in x], [max(syn[n][key], 1e-9) for n in names], w, label=label, color=color)
+    a2.set_yscale("log")
+    a2.set_ylim(bottom=1)
+    a2.set_xticks(x, names, rotation=30, ha="right")
+    a2.set_ylabel("operations per image")
+    a2.legend(fontsize=8)
+    a2.grid(alpha=0.3, axis="y", which="both")
+    e = stats.get("energy", {}).get(energy)
+    ratio = f"; energy estimate SNN/ANN {e['snn_to_ann']:.3f} ({energy})" if e and e.get("snn_to_ann") else ""
+    a2.set_title(f"operations per weighted layer, T={stats.get('T')}{ratio}", fontsize=9)
+    fig.suptitle(title)
+    return save_figure(fig, path, dpi=120, bbox_inches="tight")

@@ -33,8 +33,10 @@ from spikeforge.experiments.common import (
 from spikeforge.experiments.registry import Experiment
 from spikeforge.io import write_json, write_text
 from spikeforge.metrics import largest_drop
+from spikeforge.metrics.spikes import spike_stats_table
 from spikeforge.models import create_model
-from spikeforge.plots import plot_accuracy_vs_T, plot_bars, plot_history
+from spikeforge.nir.cli import add_export_argument, check_exportable, export_file
+from spikeforge.plots import plot_accuracy_vs_T, plot_bars, plot_history, plot_spike_stats
 from spikeforge.train import CheckpointError, evaluate_classifier, load_checkpoint, save_checkpoint, train_classifier
 from spikeforge.train.checkpoint import load_state
 
@@ -55,6 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--percentile", type=percentile_value, default=99.99)
     p.add_argument("--per-channel", action="store_true", help="per-channel thresholds")
     p.add_argument("--maxpool", choices=("lipool", "gated", "plain"), default="lipool")
+    p.add_argument("--pool", choices=("max", "avg"), default="max",
+                   help="LeNet5's pooling: max (the spiking max-pool of --maxpool) or avg (exports to NIR)")
     p.add_argument("--max-spikes", type=integer(1, 1024), default=1, help="burst spikes Γ")
     p.add_argument("--split-threshold", action="store_true", help="with Γ > 1, threshold λ/Γ (finer rate code)")
     p.add_argument("--reset", choices=("subtract", "zero"), default="subtract")
@@ -64,10 +68,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-batch-size", type=positive_int, default=500)
     p.add_argument("--retrain", action="store_true", help="ignore a cached checkpoint in --out")
     p.add_argument("--no-progress", action="store_true")
+    add_export_argument(p, converted=True)
 
 
 def _build(args: argparse.Namespace, train) -> torch.nn.Module:
-    return create_model("lenet5", in_channels=train[0].shape[1], num_classes=10, act=args.activation, levels=args.levels)
+    return create_model("lenet5", in_channels=train[0].shape[1], num_classes=10, act=args.activation, levels=args.levels,
+                        pool=args.pool)
 
 
 def _train_or_load(args: argparse.Namespace, out: Path, train, test) -> tuple[torch.nn.Module, list, bool]:
@@ -78,6 +84,8 @@ def _train_or_load(args: argparse.Namespace, out: Path, train, test) -> tuple[to
         config.update(activation=args.activation, levels=args.levels)
     if args.val_split:
         config["val_split"] = args.val_split  # another training set (absent: the full one, as before)
+    if args.pool != "max":
+        config["pool"] = args.pool  # another network (absent: max-pooling, as before)
     if ckpt.exists() and not args.retrain:
         try:
             payload = load_checkpoint(ckpt, required=("model", "config", "history"))
@@ -134,6 +142,12 @@ def _report(m: dict[str, Any]) -> str:
     if drop and T > 16:
         where = (f" (T={drop['peak_step']} → T={drop['low_step']})" if drop["peak_step"] else "")
         lines += ["", f"Largest fall below an earlier step from T=16 on: {100 * drop['drop']:.2f} pt{where}."]
+    stats = m.get("spike_stats")
+    if stats:
+        lines += ["", "## Spikes, synaptic operations and energy (estimate)", "", *spike_stats_table(stats, steps=shown),
+                  "", "![spike statistics](spike_stats.png)"]
+    if m.get("nir_export"):
+        lines += ["", f"NIR graph written to `{m['nir_export']['path']}` (thresholds: {m['nir_export'].get('thresholds')})."]
     lines += [
         "",
         "![accuracy vs T](accuracy_vs_T.png)",
@@ -159,6 +173,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     train, test, _classes = load_split_tensors(args.dataset, args.data_dir, args.val_split)
     require_images(args.dataset, args.data_dir, train, test, model="lenet5", shape=(1, 28, 28), num_classes=10)
+    options = _conversion_options(args)
+    check_exportable(args, lambda: convert(_build(args, train).eval(), train[0][:64], batch_size=64, max_batches=1,
+                                           **options), (1, 28, 28))
     t0 = time.perf_counter()
     model, history, reused = _train_or_load(args, out, train, test)
     train_seconds = time.perf_counter() - t0
@@ -169,13 +186,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     gen = torch.Generator().manual_seed(args.seed)
     calib_idx = torch.randperm(len(train[1]), generator=gen)[: 256 * args.calib_batches]
-    options = dict(
-        percentile=args.percentile, per_channel=args.per_channel, maxpool=args.maxpool,
-        max_spikes=args.max_spikes, reset=args.reset, v_init=args.v_init,
-    )
-    if args.split_threshold:
-        options["split_threshold"] = True
-    options.update(method_options(args))
     snn = convert(model, train[0][calib_idx], batch_size=256, max_batches=args.calib_batches, **options)
     res = evaluate_snn(snn, *test, args.T, batch_size=args.eval_batch_size, progress=not args.no_progress)
     snn_acc = {str(t + 1): a for t, a in enumerate(res["accuracy"])}
@@ -202,9 +212,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "checkpoint_reused": reused,
         "history": history,
         "environment": environment(),
+        "spike_stats": res["spike_stats"],
     }
+    if args.pool != "max":
+        metrics["pool"] = args.pool
+    nir_export = export_file(args, snn, (1, 28, 28))
+    if nir_export:
+        metrics["nir_export"] = nir_export
+    plot_spike_stats(res["spike_stats"], out / "spike_stats.png", title=f"LeNet5 on {args.dataset}: converted SNN")
     plot_accuracy_vs_T(
-        {f"SNN ({args.maxpool} max-pool)": res["accuracy"]}, out / "accuracy_vs_T.png",
+        {f"SNN ({args.maxpool} max-pool)" if args.pool == "max" else "SNN (average pooling)": res["accuracy"]},
+        out / "accuracy_vs_T.png",
         ann_accuracy=ann_acc, title=f"LeNet5 on {args.dataset}: converted SNN",
     )
     plot_bars(res["firing_rates"], out / "firing_rates.png", title="firing rate per layer", ylabel="spikes / neuron / step")
@@ -218,6 +236,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ) + (f", T={T}: {snn_acc[str(T)]:.4f}" if T not in (8, 16, 32, 64, 128, 256) else ""))
     print(f"wrote {out / 'metrics.json'}, {out / 'report.md'}, {out / 'accuracy_vs_T.png'}")
     return metrics
+
+
+def _conversion_options(args: argparse.Namespace) -> dict[str, Any]:
+    options = dict(
+        percentile=args.percentile, per_channel=args.per_channel, maxpool=args.maxpool,
+        max_spikes=args.max_spikes, reset=args.reset, v_init=args.v_init,
+    )
+    if args.split_threshold:
+        options["split_threshold"] = True
+    options.update(method_options(args))
+    return options
 
 
 EXPERIMENT = Experiment(
