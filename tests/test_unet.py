@@ -145,12 +145,12 @@ needs_native = pytest.mark.skipif(not _native_available(), reason="no C compiler
 @needs_native
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("kernel, H, W", [(2, 9, 13), (3, 12, 10)])
-def test_native_lipool_equals_torch_path(dtype, channels_last, kernel, H, W, monkeypatch):
+@pytest.mark.parametrize("kernel, N, H, W", [(2, 2, 9, 13), (3, 2, 12, 10), (2, 1, 6, 8)])
+def test_native_lipool_equals_torch_path(dtype, channels_last, kernel, N, H, W, monkeypatch):
     g = torch.Generator().manual_seed(1)
-    x = (torch.randint(0, 4, (10, 2, 5, H, W), generator=g).float() * 0.37).to(dtype)  # θ·S, S ≤ Γ=3
-    if channels_last:
-        x = x.reshape(20, 5, H, W).contiguous(memory_format=torch.channels_last).view(10, 2, 5, H, W)
+    x = (torch.randint(0, 4, (10, N, 5, H, W), generator=g).float() * 0.37).to(dtype)  # θ·S, S ≤ Γ=3
+    if channels_last:  # as a SpikingModel passes them: [K·N, C, H, W] channels-last, viewed as [K, N, ...]
+        x = x.reshape(10 * N, 5, H, W).contiguous(memory_format=torch.channels_last).view(10, N, 5, H, W)
 
     def run() -> torch.Tensor:
         pool = SpikingMaxPool2d(kernel)
@@ -161,7 +161,7 @@ def test_native_lipool_equals_torch_path(dtype, channels_last, kernel, H, W, mon
     monkeypatch.setenv("SPIKEFORGE_NATIVE", "0")
     assert SpikingMaxPool2d(kernel)._lipool_native(x[:2]) is None
     reference = run()
-    assert native.dtype == dtype and native.shape == (10, 2, 5, H // kernel, W // kernel)
+    assert native.dtype == dtype and native.shape == (10, N, 5, H // kernel, W // kernel)
     assert torch.equal(native, reference)
     h, w = H // kernel * kernel, W // kernel * kernel
     exact = lipool_reference(x.float()[..., :h, :w], kernel)

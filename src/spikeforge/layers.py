@@ -186,7 +186,8 @@ class SpikingMaxPool2d(StatefulModule):
 def _channels_last(xs: torch.Tensor) -> bool:
     """Whether ``[K, N, C, H, W]`` holds channels-last ``[K·N, C, H, W]`` images back to back."""
     K, N, C, H, W = xs.shape
-    return xs.stride() == (N * H * W * C, H * W * C, 1, W * C, C)
+    want = (N * H * W * C, H * W * C, 1, W * C, C)
+    return all(size == 1 or got == w for size, got, w in zip(xs.shape, xs.stride(), want))
 
 
 def _pair(v) -> tuple[int, int]:
