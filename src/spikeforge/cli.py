@@ -121,6 +121,10 @@ def _report(exc: BaseException, args: argparse.Namespace) -> int:
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     known = isinstance(exc, (SpikeforgeError, ValueError, OSError, FloatingPointError))
     message = one_line(str(exc)) or type(exc).__name__
+    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "alloc" in message.lower()
+                                        and "memory" in message.lower()):
+        known = True
+        message = f"out of memory ({message}); use smaller sizes (e.g. --batch-size, --T, the model's width)"
     if isinstance(exc, OSError) and not isinstance(exc, SpikeforgeError) and exc.filename is not None \
             and str(exc.filename) not in message:
         message += f": {exc.filename}"
