@@ -343,3 +343,25 @@ def test_cli_export_then_nir_run(tmp_path, capsys):
                  str(tmp_path / "x.nir"), "--out", str(refused), "--no-progress"]) == 2
     assert "max-pooling of spikes" in capsys.readouterr().err
     assert not (refused / "lenet5.pt").exists() and not (tmp_path / "x.nir").exists()
+
+
+def test_cli_direct_training_export(tmp_path, capsys):
+    import json
+
+    from spikeforge.cli import main
+
+    graph = tmp_path / "fc.nir"
+    assert main(["run", "fc-lif", "--epochs", "1", "--T", "4", "--hidden", "32", "--train-limit", "300", "--reset",
+                 "zero", "--export-nir", str(graph), "--out", str(tmp_path / "fc"), "--no-progress"]) == 0
+    m = json.loads((tmp_path / "fc" / "metrics.json").read_text())
+    assert m["nir_export"]["path"] == str(graph) and m["model"]["reset"] == "zero"
+    back = import_nir(graph)
+    assert [type(n).__name__ for n in back.neurons().values()] == ["NIRNeuron", "NIRNeuron"]
+    capsys.readouterr()
+    assert main(["run", "csnn", "--epochs", "1", "--T", "2", "--channels", "4", "--export-nir", str(tmp_path / "c.nir"),
+                 "--out", str(tmp_path / "csnn"), "--no-progress"]) == 2
+    assert "layer 'pool1': max-pooling of spikes" in capsys.readouterr().err
+    assert not (tmp_path / "csnn" / "checkpoint.pt").exists()
+    assert main(["run", "fc-lif", "--epochs", "1", "--export-nir", str(tmp_path / "s.nir"), "--out",
+                 str(tmp_path / "sub"), "--no-progress"]) == 2
+    assert "layer 'lif1'" in capsys.readouterr().err

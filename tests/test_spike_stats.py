@@ -241,3 +241,18 @@ def test_evaluate_snn_collects_the_statistics_in_the_same_pass():
         assert s["layers"][name]["spikes_per_neuron_per_step"] == pytest.approx(rate)
     assert "spike_stats" not in evaluate_snn(snn, x, y, 2, spike_stats=False)
     assert not snn.graph_module._forward_pre_hooks  # the hooks are gone afterwards
+
+
+def test_csnn_run_reports_the_statistics(tmp_path):
+    import json
+
+    from spikeforge.cli import main
+
+    out = tmp_path / "csnn"
+    assert main(["run", "csnn", "--epochs", "1", "--T", "2", "--channels", "4", "--train-limit", "200", "--out",
+                 str(out), "--no-progress"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    s = m["spike_stats"]
+    assert s["images"] == m["n_test"] and s["T"] == 2
+    assert set(s["layers"]) == {"conv1", "sn1", "conv2", "sn2", "fc1", "sn3", "fc2", "sn4"}
+    assert "Energy estimate" in (out / "report.md").read_text() and (out / "spike_stats.png").stat().st_size > 0

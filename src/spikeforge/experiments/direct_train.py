@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from spikeforge.errors import CheckpointError
+from spikeforge.errors import CheckpointError, ConfigError
 from spikeforge.experiments.common import (
     GRAYSCALE_28, add_val_split_argument, command_line, environment, eval_split_name, fraction, integer,
     learning_rate, load_split_tensors, nonnegative_float, number, number_list, positive_int, prepare_out_dir,
@@ -26,8 +26,10 @@ from spikeforge.experiments.common import (
 )
 from spikeforge.experiments.registry import Experiment
 from spikeforge.io import write_json, write_text
+from spikeforge.metrics.spikes import SpikeStats, spike_stats_table
 from spikeforge.models import create_model
-from spikeforge.plots import plot_curves, plot_history, plot_predictions, plot_sweep
+from spikeforge.nir.cli import add_export_argument, check_exportable, export_file
+from spikeforge.plots import plot_curves, plot_history, plot_predictions, plot_spike_stats, plot_sweep
 from spikeforge.train.losses import LOSSES
 from spikeforge.train.snn import SNNTrainConfig, fit_snn, predict
 
@@ -81,8 +83,11 @@ def _adder(name: str):
         p.add_argument("--augment-shift", type=integer(0, 27), default=2,
                        help="largest shift of --augment, pixels (0 = flip only)")
         p.add_argument("--weight-decay", type=nonnegative_float, default=0.0)
+        add_export_argument(p)
         if name == "fc-lif":
             p.add_argument("--beta", type=unit_interval, default=0.95, help="membrane decay β in [0, 1]")
+            p.add_argument("--reset", choices=("subtract", "zero"), default="subtract",
+                           help="reset of the LIF neurons (zero: the hard reset NIR can express)")
             p.add_argument("--hidden", type=integer(1, 1_000_000), default=500)
             p.add_argument("--dropout", type=fraction, default=0.0,
                            help="dropout of hidden neurons (whole sequence), in [0, 1)")
@@ -105,6 +110,8 @@ def _model_config(name: str, args: argparse.Namespace, **override: Any) -> dict[
         cfg.update(beta=args.beta, hidden=args.hidden)
         if args.dropout:
             cfg.update(dropout=args.dropout)
+        if args.reset != "subtract":
+            cfg.update(reset=args.reset)
     elif name == "fc-poisson":
         cfg.update(tau=args.tau)
     else:
@@ -127,10 +134,22 @@ def _train_one(name, args, out: Path, model_cfg, train, test, classes) -> dict[s
     torch.manual_seed(args.seed)
     model = create_model(name, **model_cfg)
     t0 = time.perf_counter()
-    history = fit_snn(
-        model, train, test, cfg, out_dir=out, resume=args.resume, progress=not args.no_progress,
-        model_config={"name": name, **model_cfg, **({"val_split": args.val_split} if args.val_split else {})},
-    )
+    # spike statistics of each epoch's test pass (hooks count in eval mode only); the last one is kept
+    stats, last_stats = SpikeStats(model).attach(), {}
+
+    def keep_stats(epoch: int, row: dict[str, float]) -> None:
+        if stats.images:
+            last_stats["stats"] = stats.summary()
+        stats.reset()
+
+    try:
+        history = fit_snn(
+            model, train, test, cfg, out_dir=out, resume=args.resume, progress=not args.no_progress,
+            model_config={"name": name, **model_cfg, **({"val_split": args.val_split} if args.val_split else {})},
+            on_epoch=keep_stats,
+        )
+    finally:
+        stats.detach()
     wall = time.perf_counter() - t0
     # predictions on 10 random test images
     gen = torch.Generator().manual_seed(args.seed)
@@ -158,6 +177,12 @@ def _train_one(name, args, out: Path, model_cfg, train, test, classes) -> dict[s
         "training": asdict(cfg),
         "environment": environment(),
     }
+    if last_stats:
+        metrics["spike_stats"] = last_stats["stats"]
+        plot_spike_stats(last_stats["stats"], out / "spike_stats.png", title=f"{name} on {args.dataset}: test set")
+    nir_export = export_file(args, model.eval(), None)
+    if nir_export:
+        metrics["nir_export"] = {**nir_export, "input": "Poisson spikes" if name == "fc-poisson" else "the image"}
     write_json(out / "metrics.json", metrics)
     write_text(out / "report.md", _report(metrics))
     return metrics
@@ -191,6 +216,12 @@ def _report(m: dict[str, Any]) -> str:
         "![predictions](predictions.png)",
         "",
     ]
+    if m.get("spike_stats"):
+        lines += ["## Spikes, synaptic operations and energy (estimate)", "",
+                  "Counted during the last epoch's test pass.", "", *spike_stats_table(m["spike_stats"]), "",
+                  "![spike statistics](spike_stats.png)", ""]
+    if m.get("nir_export"):
+        lines += [f"NIR graph written to `{m['nir_export']['path']}` (its input: {m['nir_export']['input']}).", ""]
     return "\n".join(lines)
 
 
@@ -251,6 +282,9 @@ def _runner(name: str):
         require_images(args.dataset, args.data_dir, train, test, model=name, shape=(1, 28, 28), num_classes=10)
         if args.train_limit:
             train = (train[0][: args.train_limit], train[1][: args.train_limit])
+        if args.export_nir and name == "fc-lif" and args.sweep:
+            raise ConfigError("--export-nir writes one network; it cannot be combined with --sweep")
+        check_exportable(args, lambda: create_model(name, **_model_config(name, args)).eval(), None)
         if name == "fc-lif" and args.sweep:
             m = _sweep(args, out, train, test, classes)
         else:
