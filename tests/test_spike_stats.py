@@ -256,3 +256,25 @@ def test_csnn_run_reports_the_statistics(tmp_path):
     assert s["images"] == m["n_test"] and s["T"] == 2
     assert set(s["layers"]) == {"conv1", "sn1", "conv2", "sn2", "fc1", "sn3", "fc2", "sn4"}
     assert "Energy estimate" in (out / "report.md").read_text() and (out / "spike_stats.png").stat().st_size > 0
+
+
+def test_segmentation_counter_collects_statistics_over_several_windows():
+    from spikeforge.evaluate_segmentation import SpikeCounter, snn_mean_logits
+
+    torch.manual_seed(0)
+    ann = create_model("unet", width=4, depth=1).eval()
+    x = torch.rand(3, 1, 16, 16)
+    snn = convert(ann, x)
+    counter = SpikeCounter(stats=True)
+    for i in range(3):
+        snn_mean_logits(snn, x[i : i + 1], [1, 4], counter=counter)
+    s = counter.spike_stats()
+    with SpikeStats(snn) as st:
+        snn(x, 4)
+    want = st.summary()
+    assert s["images"] == 3 and s["T"] == 4
+    for name, layer in want["layers"].items():
+        for key in ("sops_per_image", "macs_per_image", "spikes_per_image"):
+            if key in layer:
+                assert s["layers"][name][key] == pytest.approx(layer[key], rel=1e-6)
+    assert SpikeCounter().spike_stats() is None

@@ -10,6 +10,7 @@ only the running sum and the means at the requested steps are kept.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Callable, Sequence
 
@@ -19,6 +20,7 @@ from torch import nn
 from spikeforge.convert import SpikingModel
 from spikeforge.data.segmentation import SegmentationSet, tiled_predict
 from spikeforge.metrics.segmentation import SegmentationScores
+from spikeforge.metrics.spikes import SpikeStats
 
 __all__ = [
     "SpikeCounter",
@@ -42,11 +44,30 @@ def power_of_two_steps(T: int) -> list[int]:
 
 
 class SpikeCounter:
-    """Sums spike counts and neuron-steps of an SNN's neurons over several runs."""
+    """Sums spike counts and neuron-steps of an SNN's neurons over several runs.
 
-    def __init__(self) -> None:
+    With ``stats=True`` it also collects :class:`~spikeforge.metrics.spikes.SpikeStats`
+    (SOPs, MACs, energy estimate) during the runs it counts; :meth:`spike_stats` gives
+    their summary.
+    """
+
+    def __init__(self, *, stats: bool = False) -> None:
         self.spikes: dict[str, float] = {}
         self.steps: dict[str, int] = {}
+        self._stats: SpikeStats | None = None
+        self._want_stats = stats
+
+    def watching(self, snn: SpikingModel) -> contextlib.AbstractContextManager:
+        """Hooks that count SOPs and MACs while the run inside the ``with`` block goes on."""
+        if not self._want_stats:
+            return contextlib.nullcontext()
+        if self._stats is None or self._stats.model is not snn:
+            self._stats = SpikeStats(snn)
+        return self._stats
+
+    def spike_stats(self) -> dict | None:
+        """Summary of the statistics counted so far (None without ``stats=True`` or before any run)."""
+        return self._stats.summary() if self._stats is not None and self._stats.images else None
 
     def add(self, snn: SpikingModel) -> None:
         for name, neuron in snn.neurons().items():
@@ -82,7 +103,8 @@ def snn_mean_logits(
     total: torch.Tensor | None = None
     out: torch.Tensor | None = None
     t = 0
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    watch = counter.watching(snn) if counter is not None else contextlib.nullcontext()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), watch:
         for y in snn.stream(x, wanted[-1], chunk=chunk, record=counter is not None):
             for k in range(y.shape[0]):
                 t += 1

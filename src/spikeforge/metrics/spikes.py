@@ -479,8 +479,9 @@ class SpikeStats:
             if _neuron_sig(m, None) is not None:
                 if getattr(m, "spiking", True):
                     self._hooks.append(m.register_forward_hook(self._neuron_hook(name, m)))
-            elif isinstance(m, SYNAPTIC):
-                rec = _SynapseRecord(name, type(m).__name__, by_name.get(name), static=name in static)
+            elif isinstance(m, SYNAPTIC):  # a record survives detach/attach: counting goes on
+                rec = self.synapses.get(name) or _SynapseRecord(name, type(m).__name__, by_name.get(name),
+                                                                static=name in static)
                 self._hooks.append(m.register_forward_pre_hook(self._synapse_hook(rec, m)))
         return self
 
@@ -643,7 +644,7 @@ class SpikeStats:
         if uniform:
             per = xs.sum(dim=(1, 2), dtype=torch.float64) if fmap is not None else xs.reshape(k, -1).sum(
                 1, dtype=torch.float64)
-            per = (per / float(scale)).round_()
+            per = (per / float(scale.to(x.dtype))).round_()  # a spike's value as the tensor holds it (bf16 too)
             analog = 0
         else:
             mask = scale > 0
