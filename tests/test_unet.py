@@ -290,7 +290,12 @@ def test_quick_experiment_writes_the_contract(tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "| SNN | 32 |" in report
     assert not m["checkpoint_reused"]
+    # the SNN runs on every test slice at the headline T, the curve on the curve slices
+    assert m["eval_split"] == "test" and m["snn_headline_slices"] == m["eval_slices"] == [0, 1]
+    assert m["headline_T"] == 32 and m["curve_slices"] == m["snn_slices"] == [0]
+    assert "SNN at T=32 on 2 test slices (all)" in report
     # a rerun loads the cached checkpoint instead of training again
-    assert cli_main(["run", "unet-convert", "--quick", "--out", str(out), "--no-progress", "--T", "4"]) == 0
+    assert cli_main(["run", "unet-convert", "--quick", "--out", str(out), "--no-progress", "--T", "4",
+                     "--curve-T", "4"]) == 0
     m2 = json.loads((out / "metrics.json").read_text())
     assert m2["checkpoint_reused"] and list(m2["snn"]) == ["1", "2", "4"]

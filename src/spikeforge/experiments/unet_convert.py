@@ -1,38 +1,55 @@
 """``spikeforge run unet-convert``: UNet mitochondria segmentation converted to an SNN (seed 003).
 
-Train a UNet on random patches (BCE + Dice), evaluate it on whole test slices, convert
-it with the graph converter (concat, transposed conv, max-pool, BN folding) and
-evaluate the SNN after T = 1, 2, 4, …, 256 steps. The SNN output stays analog: the
-prediction after t steps is ``σ(mean of the first t output logits)`` (one sigmoid,
-not a sum of per-step sigmoids as in the seed).
+Train a UNet on random augmented patches (BCE + Dice), evaluate it on whole slices,
+convert it with the graph converter (concat, transposed conv, max-pool, BN folding)
+and evaluate the SNN. The SNN output stays analog: the prediction after t steps is
+``σ(mean of the first t output logits)`` (one sigmoid, not a sum of per-step sigmoids
+as in the seed).
 
-Writes into ``--out``: ``metrics.json`` (``ann``: accuracy/dice/jaccard/f1 on the
-slices the SNN is evaluated on; ``snn``: the same per time step as a string;
-``ann_full_test`` on every evaluated test slice; timings, options), ``report.md``,
-``dice_vs_T.png``, ``training_loss.png``, ``slice_NNN.png`` (raw, label, ANN, SNN
-side by side) and the resumable checkpoint ``unet.pt``.
+Evaluated slices: the test split, or with ``--val-slices N`` the last N training slices
+(held out from training; ``metrics.json`` lists them). The ANN runs on every evaluated
+slice; the SNN runs on every evaluated slice at the headline ``--T`` (default 32),
+and up to ``--curve-T`` steps (1, 2, 4, …) on ``--curve-slices`` slices spread over
+the stack, for the accuracy-vs-T curve.
 
-Defaults are sized to finish well within 15 minutes on 2 idle CPU cores (measured:
-about 6 minutes): 165 + 165 generated slices (~25 s), a UNet of width 8 and depth 3
-(121k parameters; channels-last convolutions), 600 steps of 8 patches of 128² (~75 s),
-the ANN on all 165 test slices (~0.1 s each), and the SNN — the expensive part, one
-dense network pass per step — on 3 full test slices spread over the stack for 256
-steps (~75 s each). Conversion: per-layer 99th-percentile thresholds with burst
-spikes (Γ = 3), which matches the ANN from about 16 steps on.
-``--quick`` uses 4 + 2 slices of 96×160, 60 steps and T = 32 (a few seconds).
+Writes into ``--out``: ``metrics.json``, ``report.md``, ``dice_vs_T.png``,
+``training_loss.png``, ``slice_NNNN.png`` (raw, label, ANN, SNN side by side for the
+first ``--examples`` curve slices), with ``--save-masks`` ``masks/ann/NNNN.png`` and
+``masks/snn_T{T}/NNNN.png`` (binarized 0/255 masks of every evaluated slice, NNNN the
+slice's index in its split), and the resumable checkpoint ``unet.pt``.
+
+``metrics.json`` keys: ``ann`` (accuracy/dice/jaccard/f1/soft_dice of the ANN on the
+curve slices) and ``snn`` (the same for the SNN per step, as before); ``snn_headline``
+and ``ann_headline`` (SNN at ``--T`` and ANN on every SNN-evaluated slice,
+``snn_headline_slices``); ``ann_full_test`` (the ANN on every evaluated slice, test or
+validation); ``eval_split`` (``"test"``/``"val"``), ``eval_slices``, ``val_slices``,
+``curve_slices`` (= ``snn_slices``); timings and options.
+
+Defaults per dataset (explicit options win):
+
+- ``synthetic-em``: 165 + 165 generated slices, a UNet of width 8 and depth 3 (121k
+  parameters), 600 steps of 8 patches of 128², fp32 training (~75 s on 2 cores).
+- ``lucchi``: the real-EM recipe (:data:`LUCCHI`), chosen by short comparisons on
+  held-out Lucchi++ training slices (``benchmarks/RESULTS.md``, issue 13).
+- ``--quick``: 4 + 2 slices of 96×160, 60 steps, T = 32 (a few seconds; for tests).
+
+Conversion: per-layer 99th-percentile thresholds with burst spikes (Γ = 3), which
+matches the ANN from about 16 steps on. ``--snn-bf16`` runs the SNN's convolutions
+in bfloat16 (membranes and sums stay float32; float32 is the reference).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from spikeforge._native.memory import keep_freed_memory
 from spikeforge.convert import convert
-from spikeforge.data.segmentation import SEGMENTATION_DATASETS, PatchSampler, load_segmentation
+from spikeforge.data.segmentation import SEGMENTATION_DATASETS, PatchSampler, SegmentationSet, load_segmentation
 from spikeforge.evaluate_segmentation import (
     SpikeCounter,
     evaluate_ann_segmentation,
@@ -41,25 +58,34 @@ from spikeforge.evaluate_segmentation import (
 )
 from spikeforge.errors import ConfigError
 from spikeforge.experiments.common import (
-    command_line, environment, integer, learning_rate, nonnegative_float, nonnegative_int, percentile_value,
-    positive_int, prepare_out_dir, seed_int, unit_interval,
+    command_line, environment, fraction, integer, learning_rate, nonnegative_float, nonnegative_int,
+    percentile_value, positive_int, prepare_out_dir, seed_int, unit_interval,
 )
 from spikeforge.experiments.registry import Experiment
-from spikeforge.io import write_json, write_text
+from spikeforge.io import atomic_write, write_json, write_text
 from spikeforge.metrics.segmentation import METRIC_KEYS, SegmentationScores
 from spikeforge.models import create_model
 from spikeforge.plots import plot_bars, plot_curves, plot_metrics_vs_steps, plot_segmentation_panels
-from spikeforge.train.segmentation import train_segmenter
+from spikeforge.train.segmentation import SCHEDULES, train_segmenter
 
-#: Defaults of the full run and of ``--quick`` (tiny data for tests); explicit options win.
+#: Defaults of the synthetic run, of the Lucchi run and of ``--quick``; explicit options win.
+#: ``T``: the headline step count (SNN on every evaluated slice); ``curve_T``: the longest
+#: run of the per-T curve on ``curve_slices`` slices; ``snn_slices`` 0 = all evaluated slices.
 DEFAULTS: dict[str, Any] = dict(
-    train_slices=165, test_slices=165, slice_h=768, slice_w=1024, width=8, depth=3, steps=600,
-    batch_size=8, patch=128, lr=3e-3, T=256, snn_slices=3, ann_slices=0, tile=1024, overlap=32,
+    train_slices=165, test_slices=165, val_slices=0, slice_h=768, slice_w=1024, width=8, depth=3, steps=600,
+    batch_size=8, patch=128, lr=3e-3, schedule="onecycle", warmup=0.1, weight_decay=1e-4, augment=True,
+    jitter=0.1, bf16=False, T=32, curve_T=256, curve_slices=3, snn_slices=0, ann_slices=0, tile=1024, overlap=32,
     calib_batches=16, examples=3, threads=0,
 )
+#: The real-EM recipe for Lucchi++ (768×1024 slices); see benchmarks/RESULTS.md (issue 13).
+LUCCHI: dict[str, Any] = dict(
+    DEFAULTS, train_slices=None, test_slices=None, width=16, depth=4, steps=2000, batch_size=8, patch=256,
+    lr=3e-3, schedule="cosine", warmup=0.05, bf16=True,
+)
 QUICK: dict[str, Any] = dict(
-    train_slices=4, test_slices=2, slice_h=96, slice_w=160, width=8, depth=3, steps=60,
-    batch_size=4, patch=64, lr=1e-2, T=32, snn_slices=1, ann_slices=0, tile=96, overlap=16,
+    train_slices=4, test_slices=2, val_slices=0, slice_h=96, slice_w=160, width=8, depth=3, steps=60,
+    batch_size=4, patch=64, lr=1e-2, schedule="onecycle", warmup=0.1, weight_decay=1e-4, augment=True, jitter=0.1,
+    bf16=False, T=32, curve_T=32, curve_slices=1, snn_slices=0, ann_slices=0, tile=96, overlap=16,
     calib_batches=2, examples=1, threads=1,
 )
 #: Seed 003's SNN Dice ("accuracy") on Lucchi, for reference in the report.
@@ -75,6 +101,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the synthetic data and of training")
     p.add_argument("--train-slices", type=positive_int, default=None, help="training slices (synthetic: generated)")
     p.add_argument("--test-slices", type=positive_int, default=None, help="test slices (synthetic: generated)")
+    p.add_argument("--val-slices", type=nonnegative_int, default=None, metavar="N",
+                   help="hold out the last N training slices, train on the others and evaluate on them "
+                        "instead of the test split (0 = use the test split)")
     p.add_argument("--width", type=integer(1, 1024), default=None, help="UNet channels of the first level")
     p.add_argument("--depth", type=integer(1, 12), default=None, help="UNet down-samplings")
     p.add_argument("--up", choices=("transpose", "nearest", "bilinear"), default="transpose")
@@ -82,9 +111,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int, default=None)
     p.add_argument("--patch", type=positive_int, default=None, help="training patch size")
     p.add_argument("--lr", type=learning_rate, default=None)
+    p.add_argument("--schedule", choices=SCHEDULES, default=None,
+                   help="learning rate: onecycle, or linear warm-up then cosine/linear decay or constant")
+    p.add_argument("--warmup", type=fraction, default=None, help="warm-up fraction of the steps")
+    p.add_argument("--weight-decay", type=nonnegative_float, default=None)
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random flips, 90° rotations and brightness/contrast jitter of the patches")
+    p.add_argument("--jitter", type=unit_interval, default=None,
+                   help="brightness/contrast jitter: gain 1±j, offset ±j/2 (with --augment)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="train under bfloat16 autocast (weights and loss stay float32)")
     p.add_argument("--dice-weight", type=nonnegative_float, default=1.0, help="loss = BCE + w·(1 − soft Dice)")
-    p.add_argument("--T", type=integer(1, 100_000), default=None, help="evaluate the SNN at 1, 2, 4, ..., T steps")
-    p.add_argument("--snn-slices", type=positive_int, default=None, help="test slices the SNN is run on")
+    p.add_argument("--T", type=integer(1, 100_000), default=None,
+                   help="headline number of SNN steps, evaluated on every evaluated slice")
+    p.add_argument("--curve-T", type=integer(1, 100_000), default=None,
+                   help="the per-T curve runs the SNN 1, 2, 4, ..., curve-T steps (on --curve-slices slices)")
+    p.add_argument("--curve-slices", type=positive_int, default=None,
+                   help="slices (spread over the stack) the per-T curve is measured on")
+    p.add_argument("--snn-slices", type=nonnegative_int, default=None,
+                   help="slices the SNN is run on at --T (spread over the stack; 0 = all evaluated slices)")
+    p.add_argument("--snn-bf16", action="store_true",
+                   help="SNN convolutions in bfloat16 (membranes and sums float32; float32 is the reference)")
+    p.add_argument("--save-masks", action="store_true",
+                   help="write the binarized ANN and SNN (T) masks of every evaluated slice as PNGs into masks/")
     p.add_argument("--ann-slices", type=nonnegative_int, default=None, help="test slices for the ANN (0 = all)")
     p.add_argument("--tile", type=nonnegative_int, default=None, help="inference window (0 = whole slice)")
     p.add_argument("--overlap", type=nonnegative_int, default=None, help="context kept around each tile")
@@ -102,11 +151,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _resolve(args: argparse.Namespace) -> dict[str, Any]:
-    base = QUICK if args.quick else DEFAULTS
+    base = QUICK if args.quick else LUCCHI if args.dataset == "lucchi" else DEFAULTS
     cfg = {k: (getattr(args, k) if getattr(args, k, None) is not None else v) for k, v in base.items()}
     if args.dataset == "lucchi" and not args.quick:
         cfg["train_slices"] = args.train_slices  # None = all slices in the files
         cfg["test_slices"] = args.test_slices
+    if cfg["schedule"] == "onecycle" and cfg["warmup"] <= 0:
+        raise ConfigError("--warmup 0 needs a --schedule other than onecycle (cosine, linear or constant)")
     return cfg
 
 
@@ -123,13 +174,44 @@ def _check_geometry(cfg: dict[str, Any], slice_shape: tuple[int, int] | None = N
         raise ConfigError(f"--patch {cfg['patch']} is larger than the slices ({slice_shape[0]}×{slice_shape[1]})")
 
 
-def _load(args: argparse.Namespace, cfg: dict[str, Any]):
+def _load(args: argparse.Namespace, cfg: dict[str, Any]) -> tuple[SegmentationSet, SegmentationSet, str, list[int]]:
+    """``(train, eval set, "test" | "val", index of each evaluated slice in its split)``.
+
+    With ``val_slices`` N the last N training slices are held out (the same slices in
+    every run) and the test split is not read.
+    """
     shape = (cfg["slice_h"], cfg["slice_w"])
     train = load_segmentation(args.dataset, "train", data_dir=args.data_dir, n_slices=cfg["train_slices"],
                               slice_shape=shape, seed=args.seed)
+    n_val = cfg["val_slices"]
+    if n_val:
+        if n_val >= len(train):
+            raise ConfigError(f"--val-slices {n_val} leaves no training slices: the training split has "
+                              f"{len(train)} slices")
+        first = len(train) - n_val
+        held = SegmentationSet(train.images[first:], train.masks[first:], f"{train.name}[{first}:{len(train)}]")
+        train = SegmentationSet(train.images[:first], train.masks[:first], f"{train.name}[0:{first}]")
+        return train, held, "val", list(range(first, first + n_val))
     test = load_segmentation(args.dataset, "test", data_dir=args.data_dir, n_slices=cfg["test_slices"],
                              slice_shape=shape, seed=args.seed)
-    return train, test
+    return train, test, "test", list(range(len(test)))
+
+
+def spread(n: int, k: int) -> list[int]:
+    """``k`` indices spread evenly over ``range(n)``, first and last included (all when k >= n)."""
+    if k >= n:
+        return list(range(n))
+    if k == 1:
+        return [0]
+    return sorted({round(j * (n - 1) / (k - 1)) for j in range(k)})
+
+
+def save_mask(path: Path, logits: torch.Tensor) -> None:
+    """The binarized prediction (logit > 0) of one slice ``[..., H, W]`` as a 0/255 8-bit PNG."""
+    from PIL import Image
+
+    mask = (logits.reshape(logits.shape[-2:]) > 0).to(torch.uint8).mul_(255).numpy()
+    atomic_write(path, lambda tmp: Image.fromarray(mask, mode="L").save(tmp, format="PNG"))
 
 
 def _log(msg: str) -> None:
@@ -153,32 +235,62 @@ def _table(m: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _slices(ids: list[int]) -> str:
+    """A list of slice indices, short: runs of consecutive indices as ``a–b``."""
+    parts: list[str] = []
+    start = prev = None
+    for i in ids + [None]:  # type: ignore[list-item]
+        if start is not None and (i is None or i != prev + 1):
+            parts.append(str(start) if start == prev else f"{start}–{prev}")
+            start = None
+        if i is not None and start is None:
+            start = i
+        prev = i
+    return ", ".join(parts)
+
+
 def _report(m: dict[str, Any]) -> str:
     full = m["ann_full_test"]
     tm = m["timings"]
     c = m["config"]
+    split = "validation" if m["eval_split"] == "val" else "test"
     trained = "loaded from the checkpoint" if m["checkpoint_reused"] else f"{tm['train_seconds']:.0f} s"
+    T = m["headline_T"]
+    head, ann_head = m["snn_headline"], m["ann_headline"]
+    held = (f" The {m['n_test']} validation slices are training slices {_slices(m['val_slices'])} (the last "
+            f"{m['n_test']} of the training split, in file order), held out from training; the model never saw "
+            "them." if m["eval_split"] == "val" else "")
+    training = (f"trained {c['steps']} steps × {c['batch_size']} patches of {c['patch']}² with BCE + "
+                f"{c['dice_weight']}·(1 − soft Dice), AdamW lr {c['lr']:g} ({c['schedule']} schedule, warm-up "
+                f"{c['warmup']:g}), {'flips, 90° rotations and brightness/contrast jitter ' + format(c['jitter'], 'g') if c['augment'] else 'no augmentation'}"
+                f", {'bf16 autocast' if c['bf16'] else 'float32'} ({trained})")
+    precision = "bfloat16 convolutions (float32 membranes)" if c["snn_bf16"] else "float32"
     lines = [
         "# UNet segmentation → spiking network (seed 003)",
         "",
         f"Command: `{m['command']}`",
         "",
-        f"Data: **{m['dataset']}**, {m['n_train']} training and {m['n_test']} test slices of "
+        f"Data: **{m['dataset']}**, {m['n_train']} training and {m['n_test']} {split} slices of "
         f"{m['slice_shape'][0]}×{m['slice_shape'][1]} (foreground {100 * m['foreground_fraction']:.1f} % of the "
-        f"test pixels).",
+        f"{split} pixels).{held}",
         f"Model: UNet width {c['width']}, depth {c['depth']}, up-sampling `{c['up']}` "
-        f"({m['parameters']:,} parameters), trained {c['steps']} steps × {c['batch_size']} patches of "
-        f"{c['patch']}² with BCE + {c['dice_weight']}·(1 − soft Dice) "
-        f"({trained}).",
+        f"({m['parameters']:,} parameters), {training}.",
         "",
-        f"ANN on all {m['ann_full_test_slices']} evaluated test slices: accuracy {full['accuracy']:.4f}, "
+        f"ANN on all {m['ann_full_test_slices']} evaluated {split} slices: accuracy {full['accuracy']:.4f}, "
         f"Dice {full['dice']:.4f}, Jaccard **{full['jaccard']:.4f}**, F1 {full['f1']:.4f}.",
         "",
-        f"Conversion: " + ", ".join(f"{k}={v}" for k, v in m["conversion"].items()) + ".",
-        f"The SNN runs on test slices {m['snn_slices']} (full slices, windows of {c['tile'] or 'the whole slice'} "
-        f"px with {c['overlap']} px overlap); the ANN row below is measured on the same slices. "
-        "Its output layer stays analog: the prediction after T steps is σ(mean logit over the first T steps), "
-        "binarized at 0.5.",
+        f"Conversion: " + ", ".join(f"{k}={v}" for k, v in m["conversion"].items()) + f"; SNN in {precision}.",
+        "The SNN's output layer stays analog: the prediction after T steps is σ(mean logit over the first T "
+        "steps), binarized at 0.5. Full slices, windows of "
+        f"{c['tile'] or 'the whole slice'} px with {c['overlap']} px overlap.",
+        "",
+        f"SNN at T={T} on {len(m['snn_headline_slices'])} {split} slices "
+        f"({'all' if len(m['snn_headline_slices']) == m['n_test'] else 'slices ' + _slices(m['snn_headline_slices'])}):"
+        f" Jaccard **{head['jaccard']:.4f}** (ANN on the same slices {ann_head['jaccard']:.4f}, "
+        f"difference {head['jaccard'] - ann_head['jaccard']:+.4f}), Dice {head['dice']:.4f}, "
+        f"F1 {head['f1']:.4f}, accuracy {head['accuracy']:.4f}.",
+        "",
+        f"Per-T curve on {split} slices {m['curve_slices']} (the ANN row is measured on the same slices):",
         "",
         *_table(m),
         "",
@@ -190,8 +302,15 @@ def _report(m: dict[str, Any]) -> str:
         "",
         *[f"![slice {i}]({name})" for i, name in m["example_images"].items()],
         "",
+    ]
+    if m.get("saved_masks"):
+        lines += [f"Binarized masks of all {m['saved_masks']['count']} evaluated slices: "
+                  f"`{m['saved_masks']['ann']}/NNNN.png` (ANN) and `{m['saved_masks']['snn']}/NNNN.png` "
+                  f"(SNN at T={T}), NNNN the slice's index in the {split} split.", ""]
+    lines += [
         f"Speed on this machine ({m['environment']['threads']} threads): ANN {tm['ann_seconds_per_slice']:.2f} s "
-        f"per slice; SNN {tm['snn_seconds_per_slice']:.1f} s per slice for {max(int(t) for t in m['snn'])} steps. "
+        f"per slice; SNN {tm['snn_seconds_per_slice_at_T']:.1f} s per slice for {T} steps"
+        f" and {tm['snn_seconds_per_slice']:.1f} s per curve slice ({m['curve_T']} steps). "
         f"Wall time of the whole run: {tm['total_seconds']:.0f} s (data {tm['data_seconds']:.0f} s, "
         f"training {tm['train_seconds']:.0f} s, ANN evaluation {tm['ann_seconds']:.0f} s, "
         f"SNN evaluation {tm['snn_seconds']:.0f} s); CPU time of the process {tm['total_cpu_seconds']:.0f} s.",
@@ -222,52 +341,64 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(args.seed)
 
     t0 = time.perf_counter()
-    train, test = _load(args, cfg)
+    train, test, split, slice_ids = _load(args, cfg)
     _check_geometry(cfg, train.slice_shape)
     data_seconds = time.perf_counter() - t0
-    _log(f"data: {len(train)} train / {len(test)} test slices of {train.slice_shape} ({data_seconds:.1f} s)")
+    _log(f"data: {len(train)} train / {len(test)} {split} slices of {train.slice_shape} ({data_seconds:.1f} s)")
 
     model_kw = dict(width=cfg["width"], depth=cfg["depth"], up=args.up)
     model = create_model("unet", **model_kw)
     train_cfg = dict(
         dataset=args.dataset, seed=args.seed, train_slices=len(train), slice_shape=list(train.slice_shape),
         model=model_kw, steps=cfg["steps"], batch_size=cfg["batch_size"], patch=cfg["patch"], lr=cfg["lr"],
-        dice_weight=args.dice_weight,
+        dice_weight=args.dice_weight, val_slices=cfg["val_slices"], schedule=cfg["schedule"],
+        warmup=cfg["warmup"], weight_decay=cfg["weight_decay"], augment=cfg["augment"], jitter=cfg["jitter"],
+        bf16=cfg["bf16"],
     )
     ckpt = out / "unet.pt"
     if args.retrain and ckpt.exists():
         ckpt.unlink()
-    sampler = PatchSampler(train, cfg["patch"], seed=args.seed)
+    sampler = PatchSampler(train, cfg["patch"], seed=args.seed, augment=cfg["augment"], jitter=cfg["jitter"])
     t0 = time.perf_counter()
     history, reused = train_segmenter(
         model, sampler, steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"],
-        dice_weight=args.dice_weight, seed=args.seed, checkpoint=ckpt, config=train_cfg,
-        log_every=max(1, min(50, cfg["steps"] // 10)), progress=not args.no_progress, channels_last=True,
+        weight_decay=cfg["weight_decay"], dice_weight=args.dice_weight, seed=args.seed, checkpoint=ckpt,
+        config=train_cfg, log_every=max(1, min(50, cfg["steps"] // 10)), progress=not args.no_progress,
+        channels_last=True, schedule=cfg["schedule"], warmup=cfg["warmup"], bf16=cfg["bf16"],
         on_log=lambda r: _log(f"step {r['step']}: loss {r['loss']:.4f} ({r['seconds']:.0f} s)"),
     )
     train_seconds = time.perf_counter() - t0
     model.eval()
 
+    # Which slices each figure covers (positions in `test`; slice_ids maps them to the split).
     tile, overlap, multiple = cfg["tile"], cfg["overlap"], 2 ** cfg["depth"]
-    n_ann = len(test) if cfg["ann_slices"] <= 0 else min(cfg["ann_slices"], len(test))
-    n_snn = min(cfg["snn_slices"], len(test))
-    snn_idx = [round(k * (len(test) - 1) / max(1, n_snn - 1)) for k in range(n_snn)] if n_snn > 1 else [0]
-    ann_idx = sorted(set(range(n_ann)) | set(snn_idx))
-    ann_logits: dict[int, torch.Tensor] = {}
-    examples = set(snn_idx[: max(0, cfg["examples"])])
+    n = len(test)
+    curve_idx = spread(n, cfg["curve_slices"])
+    head_idx = sorted(set(range(n) if cfg["snn_slices"] <= 0 else spread(n, cfg["snn_slices"])) | set(curve_idx))
+    n_ann = n if cfg["ann_slices"] <= 0 else min(cfg["ann_slices"], n)
+    ann_idx = sorted(set(range(n_ann)) | set(head_idx))
+    T, curve_T = cfg["T"], cfg["curve_T"]
+    masks_dir = out / "masks"
+    ann_dir, snn_dir = masks_dir / "ann", masks_dir / f"snn_T{T}"
 
-    def keep_ann(i: int, logits: torch.Tensor) -> None:
-        if i in snn_idx:
+    ann_logits: dict[int, torch.Tensor] = {}
+    same, ann_head = SegmentationScores(), SegmentationScores()
+
+    def on_ann_slice(i: int, logits: torch.Tensor) -> None:
+        if i in curve_idx:
             ann_logits[i] = logits
+            same.add(logits, test.mask(i))
+        if i in head_idx:
+            ann_head.add(logits, test.mask(i))
+        if args.save_masks:
+            save_mask(ann_dir / f"{slice_ids[i]:04d}.png", logits)
 
     ann_full, ann_seconds = evaluate_ann_segmentation(
-        model, test, ann_idx, tile=tile, overlap=overlap, multiple=multiple, channels_last=True, on_slice=keep_ann,
+        model, test, ann_idx, tile=tile, overlap=overlap, multiple=multiple, channels_last=True,
+        on_slice=on_ann_slice,
     )
-    same = SegmentationScores()
-    for i in snn_idx:
-        same.add(ann_logits[i], test.mask(i))
     ann_same = same.result()
-    _log(f"ANN on {len(ann_idx)} test slices: " + ", ".join(f"{k} {ann_full[k]:.4f}" for k in METRIC_KEYS)
+    _log(f"ANN on {len(ann_idx)} {split} slices: " + ", ".join(f"{k} {ann_full[k]:.4f}" for k in METRIC_KEYS)
          + f" ({ann_seconds / len(ann_idx):.2f} s/slice)")
 
     calib_sampler = PatchSampler(train, cfg["patch"], seed=args.seed + 7919, augment=False)
@@ -276,35 +407,57 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
                    v_init=args.v_init, maxpool="lipool", channels_last=True)
     snn = convert(model, calib, max_batches=None, **options)
 
-    steps = power_of_two_steps(cfg["T"])
+    curve_steps = sorted(set(power_of_two_steps(curve_T)) | {T})
     counter = SpikeCounter()
     example_images: dict[int, str] = {}
-    show_t = 32 if 32 in steps else steps[-1]
+    examples = set(curve_idx[: max(0, cfg["examples"])])
+    show_t = 32 if 32 in curve_steps and T != 32 else T
+    snn_head = SegmentationScores()
 
-    def on_snn_slice(i: int, mean_logits: torch.Tensor) -> None:
-        if i not in examples:
-            return
-        name = f"slice_{i:03d}.png"
-        panels = {
-            "raw": test.image(i)[0, 0].numpy(),
-            "label": test.mask(i)[0, 0].float().numpy(),
-            "ANN": (ann_logits[i][0, 0] > 0).float().numpy(),
-            f"SNN T={show_t}": (mean_logits[steps.index(show_t), 0, 0] > 0).float().numpy(),
-        }
-        if steps[-1] != show_t:
-            panels[f"SNN T={steps[-1]}"] = (mean_logits[-1, 0, 0] > 0).float().numpy()
-        plot_segmentation_panels(panels, out / name, title=f"{test.name} slice {i}")
-        example_images[i] = name
+    def on_snn_slice(steps: list[int]):
+        def record(i: int, mean_logits: torch.Tensor) -> None:
+            at_T = mean_logits[steps.index(T)]
+            snn_head.add(at_T, test.mask(i))
+            if args.save_masks:
+                save_mask(snn_dir / f"{slice_ids[i]:04d}.png", at_T)
+            if i not in examples:
+                return
+            name = f"slice_{slice_ids[i]:04d}.png"
+            panels = {
+                "raw": test.image(i)[0, 0].numpy(),
+                "label": test.mask(i)[0, 0].float().numpy(),
+                "ANN": (ann_logits[i][0, 0] > 0).float().numpy(),
+                f"SNN T={T}": (at_T[0, 0] > 0).float().numpy(),
+            }
+            if show_t != T:
+                panels[f"SNN T={show_t}"] = (mean_logits[steps.index(show_t), 0, 0] > 0).float().numpy()
+            if steps[-1] not in (T, show_t):
+                panels[f"SNN T={steps[-1]}"] = (mean_logits[-1, 0, 0] > 0).float().numpy()
+            plot_segmentation_panels(panels, out / name, title=f"{test.name} slice {slice_ids[i]}")
+            example_images[slice_ids[i]] = name
+        return record
 
-    snn_scores, snn_seconds = evaluate_snn_segmentation(
-        snn, test, snn_idx, steps, tile=tile, overlap=overlap, multiple=multiple, counter=counter,
-        count_slices=1, on_slice=on_snn_slice, progress=_log,
+    snn_scores, curve_seconds = evaluate_snn_segmentation(
+        snn, test, curve_idx, curve_steps, tile=tile, overlap=overlap, multiple=multiple, counter=counter,
+        count_slices=1, on_slice=on_snn_slice(curve_steps), progress=_log, bf16=args.snn_bf16,
     )
-    snn_metrics = {str(t): snn_scores[t] for t in steps}
-    for t in steps:
+    rest = [i for i in head_idx if i not in curve_idx]
+    head_seconds = 0.0
+    if rest:
+        _, head_seconds = evaluate_snn_segmentation(
+            snn, test, rest, [T], tile=tile, overlap=overlap, multiple=multiple, on_slice=on_snn_slice([T]),
+            progress=_log, bf16=args.snn_bf16,
+        )
+    snn_seconds = curve_seconds + head_seconds
+    snn_metrics = {str(t): snn_scores[t] for t in curve_steps}
+    for t in curve_steps:
         s = snn_scores[t]
-        _log(f"SNN T={t}: " + ", ".join(f"{k} {s[k]:.4f}" for k in METRIC_KEYS)
+        _log(f"SNN T={t} (curve slices): " + ", ".join(f"{k} {s[k]:.4f}" for k in METRIC_KEYS)
              + f" (Jaccard − ANN {s['jaccard'] - ann_same['jaccard']:+.4f})")
+    snn_headline, ann_headline = snn_head.result(), ann_head.result()
+    _log(f"SNN T={T} on {len(head_idx)} {split} slices: "
+         + ", ".join(f"{k} {snn_headline[k]:.4f}" for k in METRIC_KEYS)
+         + f" (Jaccard − ANN {snn_headline['jaccard'] - ann_headline['jaccard']:+.4f})")
 
     rates = counter.rates()
     metrics: dict[str, Any] = {
@@ -314,14 +467,24 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         "quick": bool(args.quick),
         "n_train": len(train),
         "n_test": len(test),
+        "eval_split": split,
+        "eval_slices": [slice_ids[i] for i in range(n)],
+        "val_slices": slice_ids if split == "val" else [],
         "slice_shape": list(test.slice_shape),
         "foreground_fraction": test.foreground_fraction,
         "ann": ann_same,
         "snn": snn_metrics,
-        "snn_slices": snn_idx,
+        "snn_slices": [slice_ids[i] for i in curve_idx],
+        "curve_slices": [slice_ids[i] for i in curve_idx],
+        "curve_T": curve_T,
+        "headline_T": T,
+        "snn_headline": snn_headline,
+        "ann_headline": ann_headline,
+        "snn_headline_slices": [slice_ids[i] for i in head_idx],
         "ann_full_test": ann_full,
         "ann_full_test_slices": len(ann_idx),
-        "config": {**cfg, "up": args.up, "dice_weight": args.dice_weight, "seed": args.seed},
+        "config": {**cfg, "up": args.up, "dice_weight": args.dice_weight, "seed": args.seed,
+                   "snn_bf16": bool(args.snn_bf16)},
         "parameters": sum(p.numel() for p in model.parameters()),
         "conversion": options,
         "firing_rates": rates,
@@ -331,22 +494,26 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         "example_images": {str(k): v for k, v in sorted(example_images.items())},
         "environment": environment(),
     }
+    if args.save_masks:
+        metrics["saved_masks"] = {"ann": str(ann_dir.relative_to(out)), "snn": str(snn_dir.relative_to(out)),
+                                  "count": len(head_idx), "ann_count": len(ann_idx)}
     metrics["timings"] = {
         "data_seconds": data_seconds,
         "train_seconds": train_seconds,
         "ann_seconds": ann_seconds,
         "ann_seconds_per_slice": ann_seconds / len(ann_idx),
         "snn_seconds": snn_seconds,
-        "snn_seconds_per_slice": snn_seconds / len(snn_idx),
+        "snn_seconds_per_slice": curve_seconds / len(curve_idx),
+        "snn_seconds_per_slice_at_T": head_seconds / len(rest) if rest else curve_seconds / len(curve_idx),
         "total_seconds": time.perf_counter() - t_start,
         "total_cpu_seconds": time.process_time() - cpu_start,
     }
     plot_metrics_vs_steps(
-        {"SNN Dice": {t: snn_scores[t]["dice"] for t in steps},
-         "SNN Jaccard": {t: snn_scores[t]["jaccard"] for t in steps}},
+        {"SNN Dice": {t: snn_scores[t]["dice"] for t in curve_steps},
+         "SNN Jaccard": {t: snn_scores[t]["jaccard"] for t in curve_steps}},
         out / "dice_vs_T.png",
         references={"ANN Dice": ann_same["dice"], "ANN Jaccard": ann_same["jaccard"]},
-        title=f"UNet on {args.dataset}: converted SNN (slices {snn_idx})",
+        title=f"UNet on {args.dataset}: converted SNN ({split} slices {metrics['curve_slices']})",
     )
     if history:
         plot_curves({"BCE + Dice loss": [h["loss"] for h in history]}, out / "training_loss.png",

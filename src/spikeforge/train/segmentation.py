@@ -1,7 +1,9 @@
 """Training of binary segmentation networks (the UNet of seed 003) on random patches.
 
-The loop runs a fixed number of optimizer steps (AdamW, one-cycle learning rate) on
-batches from a :class:`~spikeforge.data.segmentation.PatchSampler`. With a checkpoint
+The loop runs a fixed number of optimizer steps (AdamW; learning-rate schedule
+one-cycle, or linear warm-up then cosine or linear decay, or constant) on batches from
+a :class:`~spikeforge.data.segmentation.PatchSampler`, optionally with the forward pass
+under bfloat16 autocast (the loss and the weights stay float32). With a checkpoint
 path it saves model, optimizer, scheduler, step and history atomically every
 ``save_every`` steps and at the end, and resumes from there when called again with
 the same configuration (patches are a pure function of the step, so a resumed run
@@ -25,7 +27,10 @@ from spikeforge.progress import progress as progress_bar
 from spikeforge.train.checkpoint import CheckpointError, load_checkpoint, load_state, save_checkpoint
 from spikeforge.train.divergence import check_loss, check_lr, check_weights
 
-__all__ = ["bce_dice_loss", "train_segmenter"]
+__all__ = ["SCHEDULES", "bce_dice_loss", "lr_factor", "train_segmenter"]
+
+#: Learning-rate schedules of :func:`train_segmenter`.
+SCHEDULES: tuple[str, ...] = ("onecycle", "cosine", "linear", "constant")
 
 _REQUIRED = ("model", "optimizer", "scheduler", "step", "config", "history", "done")
 
@@ -40,6 +45,27 @@ def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, *, dice_weight: fl
     p = torch.sigmoid(logits)
     dice = (2 * (p * target).sum() + eps) / (p.sum() + target.sum() + eps)
     return bce + dice_weight * (1 - dice)
+
+
+def lr_factor(schedule: str, step: int, steps: int, warmup: float) -> float:
+    """Multiplier of the peak learning rate for optimizer step ``step`` (0-based) of ``steps``.
+
+    A linear warm-up over the first ``round(warmup·steps)`` steps (from ``1/w`` to 1), then
+    ``"cosine"``: half a cosine down to 0 at the last step; ``"linear"``: a straight line
+    down to 0; ``"constant"``: 1. (``"onecycle"`` is PyTorch's OneCycleLR, not this.)
+    """
+    w = int(round(warmup * steps))
+    if step < w:
+        return (step + 1) / w
+    if schedule == "constant":
+        return 1.0
+    rest = max(1, steps - w)
+    frac = min(1.0, (step - w + 1) / rest)
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * frac))
+    if schedule == "linear":
+        return 1.0 - frac
+    raise ConfigError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
 
 
 def train_segmenter(
@@ -58,9 +84,17 @@ def train_segmenter(
     log_every: int = 50,
     progress: bool = True,
     channels_last: bool = False,
+    schedule: str = "onecycle",
+    warmup: float = 0.1,
+    bf16: bool = False,
     on_log: Callable[[dict[str, float]], None] | None = None,
 ) -> tuple[list[dict[str, float]], bool]:
     """Train ``model`` in place; returns ``(history, resumed)``.
+
+    ``schedule``: ``"onecycle"`` (PyTorch's OneCycleLR with ``pct_start=warmup``, the
+    default) or, after a linear warm-up over the fraction ``warmup`` of the steps,
+    ``"cosine"``, ``"linear"`` decay to 0 or ``"constant"`` (see :func:`lr_factor`).
+    ``bf16``: forward pass under bfloat16 autocast (CPU); loss and optimizer in float32.
 
     ``history`` holds one row per ``log_every`` steps (mean loss since the last row,
     learning rate, elapsed seconds). ``config`` (JSON-like) is stored in the
@@ -75,12 +109,20 @@ def train_segmenter(
         raise ConfigError(f"dice_weight must be a finite number >= 0, got {dice_weight}")
     if not (math.isfinite(weight_decay) and weight_decay >= 0):
         raise ConfigError(f"weight_decay must be a finite number >= 0, got {weight_decay}")
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if not (math.isfinite(warmup) and 0 <= warmup < 1) or (schedule == "onecycle" and warmup <= 0):
+        raise ConfigError(f"warmup must be a fraction of the steps in [0, 1) (> 0 for onecycle), got {warmup}")
     config = dict(config or {})
     torch.manual_seed(seed)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    if schedule == "onecycle":
+        sched: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=lr, total_steps=steps, pct_start=warmup)
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_factor(schedule, i, steps, warmup))
     start, history, resumed = 0, [], False
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and ckpt.exists():
@@ -124,8 +166,9 @@ def train_segmenter(
         xb, yb = sampler.batch(step, batch_size)
         if channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
-        logits = model(xb)
-        loss = bce_dice_loss(logits, yb, dice_weight=dice_weight)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(xb)
+        loss = bce_dice_loss(logits.float(), yb, dice_weight=dice_weight)
         if not torch.isfinite(loss):
             kept = (f"the last good checkpoint {ckpt} is intact" if ckpt is not None and ckpt.exists()
                     else "no checkpoint was written")
