@@ -668,6 +668,14 @@ def test_convert_bad_model_or_calibration_data(lenet, model, data, kind, needle)
     assert isinstance(info.value, SpikeforgeError)
 
 
+def test_convert_refuses_a_model_with_nan_weights():
+    model = create_model("lenet5").eval()
+    with torch.no_grad():
+        model[4].weight[0, 0, 0, 0] = float("inf")
+    with pytest.raises(ConversionError, match=r"4\.weight.*NaN or infinite"):
+        convert(model, X)
+
+
 @pytest.mark.parametrize("option,value", [("percentile", float("nan")), ("percentile", 0), ("v_init", float("nan")),
                                           ("max_batches", 0), ("maxpool", "bogus"), ("reset", "half"),
                                           ("batch_size", 0), ("threshold", "magic")])

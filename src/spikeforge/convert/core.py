@@ -274,6 +274,11 @@ def convert(
         raise InputTypeError(f"convert() needs a torch.nn.Module as model, got {type(model).__name__}")
     if calibration_data is None:
         raise InputTypeError("convert() needs calibration data (a tensor of inputs or an iterable of batches), got None")
+    bad = [n for n, t in (*model.named_parameters(), *model.named_buffers())
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise ConversionError(f"the weights of {', '.join(bad[:3])} are NaN or infinite (a diverged training?); "
+                              "only a finite model can be converted")
     if maxpool not in POOL_MODES:
         raise ConfigError(f"maxpool must be one of {POOL_MODES}, got {maxpool!r}")
     if reset not in ("subtract", "zero"):
