@@ -1,5 +1,6 @@
 """Spike statistics: SOPs against independent counts, bursts, MACs, the energy estimate."""
 
+import importlib.util
 import itertools
 
 import pytest
@@ -278,3 +279,24 @@ def test_segmentation_counter_collects_statistics_over_several_windows():
             if key in layer:
                 assert s["layers"][name][key] == pytest.approx(layer[key], rel=1e-6)
     assert SpikeCounter().spike_stats() is None
+
+
+def test_unet_convert_reports_the_statistics(tmp_path, capsys):
+    import json
+
+    from spikeforge.cli import main
+
+    out = tmp_path / "unet"
+    assert main(["run", "unet-convert", "--quick", "--T", "4", "--curve-T", "4", "--out", str(out),
+                 "--no-progress"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    s = m["spike_stats"]
+    assert s["T"] == 4 and s["images"] >= 1 and s["totals"]["sops_per_image"] > 0
+    assert any(v.get("input", "").startswith("spikes on") for v in s["layers"].values())  # the concatenations
+    assert "Energy estimate" in (out / "report.md").read_text() and (out / "spike_stats.png").is_file()
+    if importlib.util.find_spec("nir") is not None:  # the UNet (burst spikes, max-pool, concat) is refused up front
+        capsys.readouterr()
+        assert main(["run", "unet-convert", "--quick", "--export-nir", str(tmp_path / "u.nir"), "--out",
+                     str(tmp_path / "u2"), "--no-progress"]) == 2
+        assert "cannot export to NIR: layer 'sf_neuron0'" in capsys.readouterr().err
+        assert not (tmp_path / "u2" / "unet.pt").exists()

@@ -64,8 +64,10 @@ from spikeforge.experiments.common import (
 from spikeforge.experiments.registry import Experiment
 from spikeforge.io import atomic_write, write_json, write_text
 from spikeforge.metrics.segmentation import METRIC_KEYS, SegmentationScores
+from spikeforge.metrics.spikes import spike_stats_table
 from spikeforge.models import create_model
-from spikeforge.plots import plot_bars, plot_curves, plot_metrics_vs_steps, plot_segmentation_panels
+from spikeforge.nir.cli import add_export_argument, check_exportable, export_file
+from spikeforge.plots import plot_bars, plot_curves, plot_metrics_vs_steps, plot_segmentation_panels, plot_spike_stats
 from spikeforge.train.segmentation import SCHEDULES, train_segmenter
 
 #: Defaults of the synthetic run, of the Lucchi run and of ``--quick``; explicit options win.
@@ -148,6 +150,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="CPU threads (0 = PyTorch's default; --quick uses 1: its tensors are tiny)")
     p.add_argument("--retrain", action="store_true", help="ignore a cached checkpoint in --out")
     p.add_argument("--no-progress", action="store_true")
+    add_export_argument(p, converted=True)
 
 
 def _resolve(args: argparse.Namespace) -> dict[str, Any]:
@@ -303,6 +306,12 @@ def _report(m: dict[str, Any]) -> str:
         *[f"![slice {i}]({name})" for i, name in m["example_images"].items()],
         "",
     ]
+    if m.get("spike_stats"):
+        lines += ["## Spikes, synaptic operations and energy (estimate)", "",
+                  f"Counted on the windows of the first curve slice ({m['curve_slices'][0]}); 'per image' is per window.",
+                  "", *spike_stats_table(m["spike_stats"], steps=[t for t in (1, 4, 16, 32, 64, 128, 256)
+                                                                    if t <= m["curve_T"]]),
+                  "", "![spike statistics](spike_stats.png)", ""]
     if m.get("saved_masks"):
         lines += [f"Binarized masks of all {m['saved_masks']['count']} evaluated slices: "
                   f"`{m['saved_masks']['ann']}/NNNN.png` (ANN) and `{m['saved_masks']['snn']}/NNNN.png` "
@@ -317,6 +326,11 @@ def _report(m: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _conversion_options(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(percentile=args.percentile, per_channel=args.per_channel, max_spikes=args.max_spikes,
+                v_init=args.v_init, maxpool="lipool", channels_last=True)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -347,6 +361,9 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     _log(f"data: {len(train)} train / {len(test)} {split} slices of {train.slice_shape} ({data_seconds:.1f} s)")
 
     model_kw = dict(width=cfg["width"], depth=cfg["depth"], up=args.up)
+    check_exportable(args, lambda: convert(  # a net NIR cannot express is refused before training
+        create_model("unet", **model_kw).eval(), torch.rand(2, 1, cfg["patch"], cfg["patch"]), max_batches=None,
+        **_conversion_options(args)), (1, *train.slice_shape))
     model = create_model("unet", **model_kw)
     train_cfg = dict(
         dataset=args.dataset, seed=args.seed, train_slices=len(train), slice_shape=list(train.slice_shape),
@@ -403,12 +420,11 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
 
     calib_sampler = PatchSampler(train, cfg["patch"], seed=args.seed + 7919, augment=False)
     calib = [calib_sampler.batch(b, 8)[0] for b in range(cfg["calib_batches"])]
-    options = dict(percentile=args.percentile, per_channel=args.per_channel, max_spikes=args.max_spikes,
-                   v_init=args.v_init, maxpool="lipool", channels_last=True)
+    options = _conversion_options(args)
     snn = convert(model, calib, max_batches=None, **options)
 
     curve_steps = sorted(set(power_of_two_steps(curve_T)) | {T})
-    counter = SpikeCounter()
+    counter = SpikeCounter(stats=True)  # rates, SOPs and energy on the first curve slice
     example_images: dict[int, str] = {}
     examples = set(curve_idx[: max(0, cfg["examples"])])
     show_t = 32 if 32 in curve_steps and T != 32 else T
@@ -494,6 +510,14 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         "example_images": {str(k): v for k, v in sorted(example_images.items())},
         "environment": environment(),
     }
+    spike_stats = counter.spike_stats()
+    if spike_stats:
+        metrics["spike_stats"] = spike_stats
+        plot_spike_stats(spike_stats, out / "spike_stats.png", title="UNet SNN: spikes and operations per window "
+                         f"(first curve slice, {metrics['curve_slices'][0]})")
+    nir_export = export_file(args, snn, (1, *test.slice_shape))
+    if nir_export:
+        metrics["nir_export"] = nir_export
     if args.save_masks:
         metrics["saved_masks"] = {"ann": str(ann_dir.relative_to(out)), "snn": str(snn_dir.relative_to(out)),
                                   "count": len(head_idx), "ann_count": len(ann_idx)}

@@ -450,6 +450,8 @@ class SpikeStats:
         self._last_steps = 0
         self._T: int | None = None
         self._N: int | None = None
+        self._counted: dict[str, tuple[nn.Module, float, float]] = {}  # IF neurons: counters at the last chunk
+        self._rank: dict[str, int] = {}  # layer → position in the graph
 
     # -- hooks --
     def attach(self) -> "SpikeStats":
@@ -466,6 +468,7 @@ class SpikeStats:
             self._hooks.append(root.register_forward_hook(self._chunk_end))
             by_name: dict[str, Any] = dict(sigs)
             named = root.named_modules()
+            self._rank = {str(n.target): i for i, n in enumerate(root.graph.nodes) if n.op == "call_module"}
         else:
             root = self.model
             self._hooks.append(root.register_forward_pre_hook(self._run_start, with_kwargs=True))
@@ -477,7 +480,11 @@ class SpikeStats:
             if not name:
                 continue
             if _neuron_sig(m, None) is not None:
-                if getattr(m, "spiking", True):
+                if not getattr(m, "spiking", True):
+                    continue
+                if snn is not None:  # converted neurons count their spikes themselves: read their counters
+                    self._counted[name] = (m, 0.0, 0.0)
+                else:
                     self._hooks.append(m.register_forward_hook(self._neuron_hook(name, m)))
             elif isinstance(m, SYNAPTIC):  # a record survives detach/attach: counting goes on
                 rec = self.synapses.get(name) or _SynapseRecord(name, type(m).__name__, by_name.get(name),
@@ -516,6 +523,7 @@ class SpikeStats:
         if new_run:
             self._offset = 0
             self.images += clock.batch
+            self._counted = {k: (m, 0.0, 0.0) for k, (m, _s, _n) in self._counted.items()}
         else:
             self._offset += self._last_steps
         self._last_steps = clock.steps
@@ -523,7 +531,22 @@ class SpikeStats:
         self.max_steps = max(self.max_steps, self._offset + clock.steps)
 
     def _chunk_end(self, module: nn.Module, args: Any, out: Any) -> None:
+        if not self._active:
+            return
         self._active = False
+        k, N = self.spiking_model.clock.steps, self.spiking_model.clock.batch  # type: ignore[union-attr]
+        for name, (m, seen_spikes, seen_steps) in self._counted.items():
+            spikes, steps = float(m.spike_count), float(m.neuron_steps)
+            if steps == seen_steps:
+                continue
+            rec = self.neurons.get(name)
+            if rec is None:
+                rec = self.neurons[name] = _NeuronRecord(name, type(m).__name__)
+                self._record(name)
+            rec.spikes.add(self._offset, spikes - seen_spikes)  # the chunk's spikes, at its first step
+            rec.neuron_steps += steps - seen_steps
+            rec.neurons_per_image = (steps - seen_steps) / max(1, k * N)
+            self._counted[name] = (m, spikes, steps)
 
     # other networks: one call per run
     def _run_start(self, module: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
@@ -581,8 +604,9 @@ class SpikeStats:
             if burst:
                 value = 1.0 if getattr(m, "unit_spikes", False) else m.threshold
                 counts = (out.detach().float() / value).round_().reshape(k, -1).sum(1, dtype=torch.float64)
-            else:
-                counts = torch.count_nonzero(out.detach().reshape(k, -1), dim=1)
+            else:  # 0/1 spikes: a float32 sum is exact below 2^24 per step (count_nonzero along a dim is slow)
+                per = out.detach().reshape(k, -1)
+                counts = per.sum(1, dtype=torch.float32 if per.shape[1] < 2**24 else torch.float64)
             rec.spikes.add(self._offset, counts)
             rec.neuron_steps += out.numel()
             rec.neurons_per_image = out.numel() / max(1, k * (self._N or 1))
@@ -625,9 +649,11 @@ class SpikeStats:
             rec.input = rec.input or "analog (same at every step)"
             return
         sig = rec.sig
-        if sig is None:  # no structure known: decide from the values
+        if sig is None:  # no structure known: decide from the values (once; a layer's input keeps its kind)
             is_spikes = bool((x >= 0).all()) and bool(torch.equal(x, torch.round(x)))
             sig = _Sig.events(1.0, None) if is_spikes else _Sig.analog()
+            if bool(x.any()):
+                rec.sig = sig
         if not sig.is_events:
             rec.macs.add(self._offset, torch.full((k,), dense * rows, dtype=torch.float64))
             rec.input = "analog" + (f" ({sig.note})" if sig.note else "")
@@ -642,9 +668,13 @@ class SpikeStats:
         fan_channels = m.out_features if isinstance(m, nn.Linear) else m.out_channels // m.groups
         uniform = scale.numel() == 1
         if uniform:
-            per = xs.sum(dim=(1, 2), dtype=torch.float64) if fmap is not None else xs.reshape(k, -1).sum(
-                1, dtype=torch.float64)
-            per = (per / float(scale.to(x.dtype))).round_()  # a spike's value as the tensor holds it (bf16 too)
+            # Sums in float32 are rounded back to whole spike counts where they stay small (per position of
+            # a conv input, per row of a Linear input), then added up in float64: exact and cheap.
+            value = float(scale.to(x.dtype))  # a spike's value as the tensor holds it (bf16 too)
+            if fmap is not None:
+                per = (xs.sum(dim=(1, 2), dtype=torch.float32) / value).round_().double()
+            else:
+                per = (xs.sum(dim=2, dtype=torch.float32) / value).round_().sum(1, dtype=torch.float64)
             analog = 0
         else:
             mask = scale > 0
@@ -698,7 +728,8 @@ class SpikeStats:
         spikes_total, neuron_steps, sops, macs, ann = 0.0, 0.0, 0.0, 0.0, 0.0
         sop_steps = torch.zeros(T, dtype=torch.float64)
         mac_steps = torch.zeros(T, dtype=torch.float64)
-        for name in self.order:
+        order = sorted(self.order, key=lambda n: self._rank.get(n, len(self._rank))) if self._rank else self.order
+        for name in order:
             if name in self.neurons:
                 r = self.neurons[name]
                 s = r.spikes.total()

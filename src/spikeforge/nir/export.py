@@ -93,7 +93,7 @@ def _check_if_neuron(name: str, m: nn.Module) -> None:
         raise NIRExportError(name, "one neuron shared by several call sites (share_reused_relu) has no NIR form")
     if m.reset != "zero":
         raise NIRExportError(name, "IF neurons reset by subtraction (reset='subtract'); NIR neurons reset to v_reset: "
-                                   "convert with reset='zero' (--reset zero) to export")
+                                   "convert with reset='zero' (lenet5-convert: --reset zero) to export")
     if m.max_spikes > 1:
         raise NIRExportError(name, f"burst spikes (max_spikes Γ={m.max_spikes}): a NIR neuron emits at most one "
                                    "spike per step; convert with max_spikes=1")
