@@ -48,7 +48,9 @@ from spikeforge.io import write_json, write_text
 from spikeforge.models import create_model
 from spikeforge.models.backbones import ACTIVATIONS
 from spikeforge.models.fastnet import POOLS, init_whitening
-from spikeforge.plots import plot_accuracy_vs_T, plot_bars, plot_history
+from spikeforge.metrics.spikes import spike_stats_table
+from spikeforge.nir.cli import add_export_argument, check_exportable, export_file
+from spikeforge.plots import plot_accuracy_vs_T, plot_bars, plot_history, plot_spike_stats
 from spikeforge.train import CheckpointError, evaluate_classifier, load_checkpoint, save_checkpoint, train_classifier
 from spikeforge.train.checkpoint import load_state
 
@@ -113,6 +115,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted training from checkpoint.pt")
     p.add_argument("--retrain", action="store_true", help="ignore a trained model.pt in --out")
     p.add_argument("--no-progress", action="store_true")
+    add_export_argument(p, converted=True)
 
 
 def _config(args: argparse.Namespace) -> dict[str, Any]:
@@ -211,6 +214,9 @@ def _report(m: dict[str, Any]) -> str:
     for t in shown:
         a = acc[str(t)]
         lines.append(f"| {t} | {a:.4f} | {100 * (a - m['ann_accuracy_snn_images']):+.2f} |")
+    if m.get("spike_stats"):
+        lines += ["", "## Spikes, synaptic operations and energy (estimate)", "",
+                  *spike_stats_table(m["spike_stats"], steps=shown), "", "![spike statistics](spike_stats.png)"]
     lines += [
         "",
         "![accuracy vs T](accuracy_vs_T.png)",
@@ -240,6 +246,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     h, w = train[0].shape[-2:]
     if (h, w) not in ((32, 32), (28, 28)):
         raise IncompatibleDataError(f"cifar-fast expects 32×32 or 28×28 images, {args.dataset} has {h}×{w}")
+    options = dict(percentile=args.percentile, per_channel=args.per_channel, maxpool=args.maxpool)
+    options.update(method_options(args))
+    check_exportable(args, lambda: convert(_build(args, train[0].shape[1], len(classes)).eval(), train[0][:64],
+                                           batch_size=64, max_batches=1, **options), tuple(train[0].shape[1:]))
     model, history, reused, train_seconds = _train_or_load(args, out, train, test, len(classes))
     t0 = time.perf_counter()
     ann_acc, _ = evaluate_classifier(model, *test, batch_size=500)
@@ -247,8 +257,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     gen = torch.Generator().manual_seed(args.seed + 1)
     calib = train[0][torch.randperm(len(train[1]), generator=gen)[: 256 * args.calib_batches]]
-    options = dict(percentile=args.percentile, per_channel=args.per_channel, maxpool=args.maxpool)
-    options.update(method_options(args))
     snn = convert(model, calib, batch_size=256, max_batches=args.calib_batches, channels_last=True, **options)
     n_snn = min(len(test[1]), args.snn_limit or len(test[1]))
     x_snn, y_snn = test[0][:n_snn], test[1][:n_snn]
@@ -279,7 +287,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "snn_seconds": res["seconds"],
         "history": history,
         "environment": environment(),
+        "spike_stats": res["spike_stats"],
     }
+    plot_spike_stats(res["spike_stats"], out / "spike_stats.png", title=f"cifar-fast on {args.dataset}: converted SNN")
+    nir_export = export_file(args, snn, tuple(train[0].shape[1:]))
+    if nir_export:
+        metrics["nir_export"] = nir_export
     plot_accuracy_vs_T({"SNN (binary spikes)": res["accuracy"]}, out / "accuracy_vs_T.png",
                        ann_accuracy=ann_snn_images, title=f"cifar-fast on {args.dataset}: converted SNN")
     plot_bars(res["firing_rates"], out / "firing_rates.png", title="firing rate per layer", ylabel="spikes / neuron / step")
