@@ -37,7 +37,7 @@ def require_nir():
         import nir  # noqa: PLC0415
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise NIRUnavailableError(
-            "NIR export and import need the optional packages nir and nirtorch: "
-            "pip install 'spikeforge[nir]' (or pip install nir nirtorch)"
+            "NIR export and import need the optional packages nir and nirtorch: pip install nir nirtorch "
+            "torch==2.13.0 (pin torch in the same command, or pip may replace the CPU build with a CUDA one)"
         ) from exc
     return nir
