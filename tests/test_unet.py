@@ -12,7 +12,7 @@ from torch import nn
 from spikeforge.cli import main as cli_main
 from spikeforge.convert import convert
 from spikeforge.data.segmentation import PatchSampler, SegmentationSet
-from spikeforge.evaluate_segmentation import power_of_two_steps, snn_mean_logits
+from spikeforge.evaluate_segmentation import analog_input_float32, power_of_two_steps, snn_mean_logits
 from spikeforge.layers import SpikingMaxPool2d, lipool_reference
 from spikeforge.metrics.segmentation import SegmentationScores, binary_counts, dice_score, scores_from_counts
 from spikeforge.models import create_model, list_models
@@ -195,7 +195,17 @@ def test_bf16_snn_is_close_to_fp32_and_native_equals_torch_path(monkeypatch):
     snn = convert(net, torch.rand(16, 1, 16, 16), percentile=99.9, max_spikes=3, channels_last=True)
     x = torch.rand(2, 1, 16, 24)
     fp32 = snn_mean_logits(snn, x, [8, 32])
+    seen: dict[str, torch.dtype] = {}
+    hooks = [m.register_forward_pre_hook(lambda m, a, name=name: None if seen.setdefault(name, a[0].dtype) else None)
+             for name, m in snn.neurons().items()]
     bf16 = snn_mean_logits(snn, x, [8, 32], bf16=True)
+    for h in hooks:
+        h.remove()
+    # the first neurons integrate the analog input's float32 current; later ones bfloat16 currents
+    first, *later = snn.neurons()
+    assert seen[first] == torch.float32 and all(seen[n] == torch.bfloat16 for n in later)
+    with analog_input_float32(snn) as names:
+        assert names and all(isinstance(snn.graph_module.get_submodule(n), nn.Conv2d) for n in names)
     assert bf16.dtype == torch.float32 and bf16.shape == fp32.shape
     assert float((bf16 - fp32).abs().mean() / fp32.abs().mean()) < 0.05
     if _native_available():
