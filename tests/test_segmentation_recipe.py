@@ -150,6 +150,7 @@ def test_lucchi_validation_split_snn_on_every_slice_and_saved_masks(tmp_path):
     # the lucchi recipe's training options, overridden where given
     c = m["config"]
     assert c["schedule"] == "cosine" and c["bf16"] is True and c["augment"] is True and c["width"] == 2
+    assert c["calib_patch"] == 32  # 128 does not fit these 64×80 slices: the training patch is used
     for kind in ("ann", "snn_T4"):
         files = sorted(p.name for p in (out / "masks" / kind).iterdir())
         assert files == ["0002.png", "0003.png", "0004.png"], kind

@@ -77,7 +77,7 @@ DEFAULTS: dict[str, Any] = dict(
     train_slices=165, test_slices=165, val_slices=0, slice_h=768, slice_w=1024, width=8, depth=3, steps=600,
     batch_size=8, patch=128, lr=3e-3, schedule="onecycle", warmup=0.1, weight_decay=1e-4, augment=True,
     jitter=0.1, bf16=False, T=32, curve_T=256, curve_slices=3, snn_slices=0, ann_slices=0, tile=1024, overlap=32,
-    calib_batches=16, examples=3, threads=0,
+    calib_batches=16, calib_patch=128, examples=3, threads=0,
 )
 #: The real-EM recipe for Lucchi++ (768×1024 slices); see benchmarks/RESULTS.md (issue 13).
 LUCCHI: dict[str, Any] = dict(
@@ -88,7 +88,7 @@ QUICK: dict[str, Any] = dict(
     train_slices=4, test_slices=2, val_slices=0, slice_h=96, slice_w=160, width=8, depth=3, steps=60,
     batch_size=4, patch=64, lr=1e-2, schedule="onecycle", warmup=0.1, weight_decay=1e-4, augment=True, jitter=0.1,
     bf16=False, T=32, curve_T=32, curve_slices=1, snn_slices=0, ann_slices=0, tile=96, overlap=16,
-    calib_batches=2, examples=1, threads=1,
+    calib_batches=2, calib_patch=64, examples=1, threads=1,
 )
 #: Seed 003's SNN Dice ("accuracy") on Lucchi, for reference in the report.
 SEED_DICE = {2: 0.1035, 4: 0.2891, 8: 0.3449, 16: 0.4572, 32: 0.5919, 64: 0.7038, 128: 0.7789, 256: 0.8232}
@@ -145,6 +145,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-spikes", type=integer(1, 1024), default=3, help="burst spikes Γ per step")
     p.add_argument("--v-init", type=unit_interval, default=0.5, help="initial membrane / threshold, in [0, 1]")
     p.add_argument("--calib-batches", type=positive_int, default=None, help="calibration batches of 8 patches")
+    p.add_argument("--calib-patch", type=positive_int, default=None,
+                   help="side of the calibration patches (default 128, whatever the training patch)")
     p.add_argument("--examples", type=nonnegative_int, default=None, help="side-by-side images to save")
     p.add_argument("--threads", type=integer(0, 1024), default=None,
                    help="CPU threads (0 = PyTorch's default; --quick uses 1: its tensors are tiny)")
@@ -175,6 +177,13 @@ def _check_geometry(cfg: dict[str, Any], slice_shape: tuple[int, int] | None = N
         )
     if slice_shape is not None and cfg["patch"] > min(slice_shape):
         raise ConfigError(f"--patch {cfg['patch']} is larger than the slices ({slice_shape[0]}×{slice_shape[1]})")
+
+
+def _check_calib_patch(cfg: dict[str, Any], slice_shape: tuple[int, int]) -> None:
+    m, p = 2 ** cfg["depth"], cfg["calib_patch"]
+    if p % m or p > min(slice_shape):
+        raise ConfigError(f"--calib-patch {p} must be a multiple of 2^--depth = {m} and fit the slices "
+                          f"({slice_shape[0]}×{slice_shape[1]})")
 
 
 def _load(args: argparse.Namespace, cfg: dict[str, Any]) -> tuple[SegmentationSet, SegmentationSet, str, list[int]]:
@@ -357,6 +366,9 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     train, test, split, slice_ids = _load(args, cfg)
     _check_geometry(cfg, train.slice_shape)
+    if args.calib_patch is None and cfg["calib_patch"] > min(train.slice_shape):
+        cfg["calib_patch"] = cfg["patch"]  # small slices: calibrate on training-sized patches
+    _check_calib_patch(cfg, train.slice_shape)
     data_seconds = time.perf_counter() - t0
     _log(f"data: {len(train)} train / {len(test)} {split} slices of {train.slice_shape} ({data_seconds:.1f} s)")
 
@@ -418,7 +430,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     _log(f"ANN on {len(ann_idx)} {split} slices: " + ", ".join(f"{k} {ann_full[k]:.4f}" for k in METRIC_KEYS)
          + f" ({ann_seconds / len(ann_idx):.2f} s/slice)")
 
-    calib_sampler = PatchSampler(train, cfg["patch"], seed=args.seed + 7919, augment=False)
+    calib_sampler = PatchSampler(train, cfg["calib_patch"], seed=args.seed + 7919, augment=False)
     calib = [calib_sampler.batch(b, 8)[0] for b in range(cfg["calib_batches"])]
     options = _conversion_options(args)
     snn = convert(model, calib, max_batches=None, **options)
