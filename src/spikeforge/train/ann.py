@@ -8,14 +8,14 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
+from spikeforge import distributed as D
 from spikeforge.data import iterate_batches
 from spikeforge.data.augment import random_crop_flip, random_shift
-from spikeforge.errors import CheckpointError, ConfigError, DataError
+from spikeforge.errors import ConfigError, DataError
 from spikeforge.layers import QCFS
-from spikeforge.progress import progress as progress_bar
-from spikeforge.train.divergence import check_loss, check_lr, check_weights
+from spikeforge.train.divergence import check_lr
+from spikeforge.train.engine import Engine, model_device, seed_everything
 
 
 def _warmup_linear(step: int, total: int, warmup: float) -> float:
@@ -54,20 +54,29 @@ def evaluate_classifier(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000,
     *, bf16: bool = False, channels_last: bool = False,
 ) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of ``model`` in eval mode."""
+    """(accuracy, mean cross-entropy) of ``model`` in eval mode, on the model's device.
+
+    Inside a process group each rank evaluates its contiguous share of the images and
+    the counts are added up, so every rank returns the figures of the whole set.
+    """
     model.eval()
-    correct, loss, n = 0, 0.0, 0
     if len(labels) == 0:
         raise DataError("evaluate_classifier: no images to evaluate (the evaluation set is empty)")
-    for xb, yb in iterate_batches(images, labels, batch_size, shuffle=False):
+    device = model_device(model)
+    start, end = D.shard_bounds(len(labels))
+    correct, loss, n = 0, 0.0, 0
+    for xb, yb in iterate_batches(images[start:end], labels[start:end], batch_size, shuffle=False):
+        xb, yb = xb.to(device), yb.to(device)
         if channels_last and xb.dim() == 4:
             xb = xb.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             out = model(xb)
         out = out.float()
         loss += float(F.cross_entropy(out, yb, reduction="sum"))
         correct += int((out.argmax(1) == yb).sum())
         n += yb.numel()
+    if D.active():
+        correct, loss, n = D.all_reduce_sum([correct, loss, n])
     return correct / n, loss / n
 
 
@@ -97,6 +106,8 @@ def train_classifier(
     history: list[dict[str, float]] | None = None,
     opt_state: dict | None = None,
     on_state: Callable[[int, dict], None] | None = None,
+    device: torch.device | str | None = None,
+    sync_bn: bool = False,
 ) -> list[dict[str, float]]:
     """Train with AdamW and a cosine learning-rate schedule; returns per-epoch history.
 
@@ -142,66 +153,50 @@ def train_classifier(
         raise DataError("train_classifier: no training images (the training set is empty)")
     if x_train.shape[0] != y_train.shape[0]:
         raise DataError(f"train_classifier: {x_train.shape[0]} training images but {y_train.shape[0]} labels")
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
+    gen = seed_everything(seed)
     steps_per_epoch = math.ceil(len(y_train) / batch_size)
     total_steps = epochs * steps_per_epoch
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+    eng = Engine(model, lr=lr, device=device, bf16=bf16, channels_last=channels_last, sync_bn=sync_bn,
+                 progress=progress)
     opt = _make_optimizer(model, optimizer, lr, weight_decay, momentum, bias_lr_scale)
     if schedule == "onecycle":
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=total_steps, pct_start=warmup)
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: _warmup_linear(step, total_steps, warmup))
+    eng.attach(opt, sched)
     if opt_state is not None:
-        try:
-            opt.load_state_dict(opt_state["optimizer"])
-            sched.load_state_dict(opt_state["scheduler"])
-            gen.set_state(opt_state["generator"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise CheckpointError(f"the saved optimizer/scheduler state does not fit this training "
-                                  f"({type(exc).__name__}: {exc})") from exc
-    history = list(history or [])
-    for epoch in range(start_epoch, epochs + 1):
-        model.train()
-        seen, correct, total_loss = 0, 0, 0.0
-        bar = progress_bar(
-            iterate_batches(x_train, y_train, batch_size, shuffle=True, generator=gen),
-            total=steps_per_epoch,
-            desc=f"epoch {epoch}/{epochs}",
-            enabled=progress,
-        )
-        for i, (xb, yb) in enumerate(bar):
-            xb = random_crop_flip(xb, pad=augment_shift, generator=gen) if flip else random_shift(xb, augment_shift, gen)
-            if channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                out = model(xb)
-            out = out.float()
-            loss = F.cross_entropy(out, yb, label_smoothing=label_smoothing)
-            check_loss(loss, where=f"epoch {epoch}, batch {i + 1}", lr=lr)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total_loss += float(loss.detach()) * yb.numel()
-            correct += int((out.argmax(1) == yb).sum())
-            seen += yb.numel()
-            if bar.n % 25 == 0:
-                bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
-        check_weights(model, where=f"the end of epoch {epoch}", lr=lr)
-        row = {"epoch": epoch, "train_loss": total_loss / seen, "train_accuracy": correct / seen}
-        if test is not None:
-            row["test_accuracy"], row["test_loss"] = evaluate_classifier(model, *test, bf16=bf16, channels_last=channels_last)
-        history.append(row)
-        msg = ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch")
-        tqdm.write(f"epoch {epoch}/{epochs}: {msg}")
+        eng.load_state(opt_state, "", generator=gen, what="the saved optimizer/scheduler state does not fit this training")
+
+    def batches(epoch: int):
+        return iterate_batches(x_train, y_train, batch_size, shuffle=True, generator=gen)
+
+    def step(batch, epoch: int, i: int) -> dict[str, float]:
+        xb, yb = batch
+        xb = random_crop_flip(xb, pad=augment_shift, generator=gen) if flip else random_shift(xb, augment_shift, gen)
+        xb, yb = eng.shard(xb, yb)  # the global batch is drawn and augmented alike on every rank
+        with eng.autocast():
+            out = eng.net(xb)
+        out = out.float()
+        loss = F.cross_entropy(out, yb, label_smoothing=label_smoothing)
+        eng.update(loss, where=f"epoch {epoch}, batch {i + 1}")
+        return {"loss": float(loss.detach()) * yb.numel(), "correct": int((out.argmax(1) == yb).sum()),
+                "n": yb.numel()}
+
+    def row(epoch: int, sums: dict[str, float], seconds: float) -> dict[str, float]:
+        return {"epoch": epoch, "train_loss": sums["loss"] / sums["n"], "train_accuracy": sums["correct"] / sums["n"]}
+
+    def evaluate() -> dict[str, float]:
+        acc, loss = evaluate_classifier(model, *test, bf16=bf16, channels_last=channels_last)
+        return {"test_accuracy": acc, "test_loss": loss}
+
+    def after_epoch(epoch: int, r: dict[str, float], done: list[dict[str, float]]) -> None:
         if on_state is not None:
-            on_state(epoch, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                             "generator": gen.get_state(), "history": list(history)})
+            on_state(epoch, eng.state(generator=gen.get_state(), history=list(done)))
         if on_epoch is not None:
-            on_epoch(epoch, row)
-    if channels_last:
-        model.to(memory_format=torch.contiguous_format)
-    model.eval()
-    return history
+            on_epoch(epoch, r)
+
+    return eng.run_epochs(
+        epochs=epochs, start_epoch=start_epoch, history=history, batches=batches, steps_per_epoch=steps_per_epoch,
+        step=step, row=row, evaluate=evaluate if test is not None else None, after_epoch=after_epoch,
+        postfix=lambda s: {"loss": f"{s['loss'] / s['n']:.4f}", "acc": f"{s['correct'] / s['n']:.4f}"},
+    )

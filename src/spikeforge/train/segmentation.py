@@ -13,7 +13,6 @@ sees the same data as an uninterrupted one).
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -23,9 +22,9 @@ from torch import nn
 
 from spikeforge.data.segmentation import PatchSampler
 from spikeforge.errors import ConfigError
-from spikeforge.progress import progress as progress_bar
 from spikeforge.train.checkpoint import CheckpointError, load_checkpoint, load_state, save_checkpoint
-from spikeforge.train.divergence import check_loss, check_lr, check_weights
+from spikeforge.train.divergence import check_lr
+from spikeforge.train.engine import Engine, seed_everything
 
 __all__ = ["SCHEDULES", "bce_dice_loss", "lr_factor", "train_segmenter"]
 
@@ -88,6 +87,8 @@ def train_segmenter(
     warmup: float = 0.1,
     bf16: bool = False,
     on_log: Callable[[dict[str, float]], None] | None = None,
+    device: torch.device | str | None = None,
+    sync_bn: bool = False,
 ) -> tuple[list[dict[str, float]], bool]:
     """Train ``model`` in place; returns ``(history, resumed)``.
 
@@ -100,6 +101,10 @@ def train_segmenter(
     learning rate, elapsed seconds). ``config`` (JSON-like) is stored in the
     checkpoint; a checkpoint with another config is ignored (training starts again).
     A finished checkpoint (``done``) is loaded without training.
+
+    ``device``: where to train (default: where the model is). Under ``torchrun`` each
+    rank trains on its share of every global batch (:mod:`spikeforge.train.engine`);
+    ``sync_bn`` normalizes BatchNorm over the global batch.
     """
     if steps < 1 or batch_size < 1 or save_every < 1 or log_every < 1:
         raise ConfigError(f"steps, batch_size, save_every and log_every must be >= 1, got {steps}, {batch_size}, "
@@ -114,17 +119,23 @@ def train_segmenter(
     if not (math.isfinite(warmup) and 0 <= warmup < 1) or (schedule == "onecycle" and warmup <= 0):
         raise ConfigError(f"warmup must be a fraction of the steps in [0, 1) (> 0 for onecycle), got {warmup}")
     config = dict(config or {})
-    torch.manual_seed(seed)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+    seed_everything(seed)
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+
+    def kept() -> str:
+        return (f"the last good checkpoint {ckpt} is intact" if ckpt is not None and ckpt.exists()
+                else "no checkpoint was written")
+
+    eng = Engine(model, lr=lr, device=device, bf16=bf16, channels_last=channels_last, sync_bn=sync_bn,
+                 progress=progress, kept=kept)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     if schedule == "onecycle":
         sched: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.OneCycleLR(
             opt, max_lr=lr, total_steps=steps, pct_start=warmup)
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_factor(schedule, i, steps, warmup))
+    eng.attach(opt, sched)
     start, history, resumed = 0, [], False
-    ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and ckpt.exists():
         try:
             payload = load_checkpoint(ckpt, required=_REQUIRED)
@@ -133,63 +144,37 @@ def train_segmenter(
         else:
             if payload["config"] == config:
                 load_state(model, payload["model"], ckpt)
-                try:
-                    opt.load_state_dict(payload["optimizer"])
-                    sched.load_state_dict(payload["scheduler"])
-                except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-                    raise CheckpointError(f"{ckpt}: the saved optimizer state does not fit this model "
-                                          f"({type(exc).__name__}: {exc})") from exc
+                eng.load_state(payload, f"{ckpt}: ")
                 start, history, resumed = int(payload["step"]), list(payload["history"]), True
                 if payload["done"]:
-                    model.eval()
+                    eng.finish()
                     return history, True
                 print(f"resuming training from step {start}/{steps} ({ckpt})")
             else:
                 print(f"{ckpt} was trained with another config; training from scratch")
 
     def save(step: int, done: bool) -> None:
-        kept = (f"the last good checkpoint {ckpt} is intact" if ckpt is not None and ckpt.exists()
-                else "no checkpoint was written")
-        check_weights(model, where=f"step {step}", lr=lr, kept=kept)
+        eng.check_weights(where=f"step {step}")
         if ckpt is not None:
-            save_checkpoint(ckpt, {
-                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "step": step, "config": config, "history": history, "done": done,
-            })
+            save_checkpoint(ckpt, {"model": model.state_dict(), **eng.state(), "step": step, "config": config,
+                                   "history": history, "done": done})
 
-    model.train()
-    t0 = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
-    loss_sum, n = 0.0, 0
-    bar = progress_bar(range(start, steps), total=steps, initial=start, desc="train", enabled=progress,
-                       mininterval=2.0)
-    for step in bar:
-        xb, yb = sampler.batch(step, batch_size)
-        if channels_last:
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(xb)
+    def train_step(batch, step: int) -> dict[str, float]:
+        xb, yb = eng.shard(*batch)  # the global batch is a pure function of the step, alike on every rank
+        share = eng.share
+        with eng.autocast():
+            logits = eng.net(xb)
         loss = bce_dice_loss(logits.float(), yb, dice_weight=dice_weight)
-        if not torch.isfinite(loss):
-            kept = (f"the last good checkpoint {ckpt} is intact" if ckpt is not None and ckpt.exists()
-                    else "no checkpoint was written")
-            check_loss(loss, where=f"step {step + 1}", lr=lr, kept=kept)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        loss_sum += float(loss.detach())
-        n += 1
-        done_steps = step + 1
-        if done_steps % log_every == 0 or done_steps == steps:
-            row = {"step": done_steps, "loss": loss_sum / n, "lr": sched.get_last_lr()[0],
-                   "seconds": time.perf_counter() - t0}
-            history.append(row)
-            loss_sum, n = 0.0, 0
-            bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
-            if on_log is not None:
-                on_log(row)
-        if done_steps % save_every == 0 and done_steps < steps:
-            save(done_steps, False)
-    model.eval()
+        eng.update(loss, where=f"step {step + 1}")
+        return {"loss": float(loss.detach()) * share, "n": share}
+
+    def row(done: int, sums: dict[str, float], seconds: float) -> dict[str, float]:
+        return {"step": done, "loss": sums["loss"] / sums["n"], "lr": sched.get_last_lr()[0], "seconds": seconds}
+
+    eng.run_steps(
+        steps=steps, start=start, history=history, batch=lambda i: sampler.batch(i, batch_size), step=train_step, row=row,
+        log_every=log_every, on_log=on_log, save_every=save_every, save=save,
+        postfix=lambda r: {"loss": f"{r['loss']:.4f}"}, seconds_before=history[-1]["seconds"] if history else 0.0,
+    )
     save(steps, True)
     return history, resumed

@@ -13,18 +13,17 @@ brightness/contrast, and Gaussian noise.
 from __future__ import annotations
 
 import math
-import time
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
+from spikeforge import distributed as D
 from spikeforge.data import iterate_batches
 from spikeforge.errors import ConfigError, DataError, InputTypeError
-from spikeforge.progress import progress as progress_bar
 from spikeforge.train.divergence import check_loss, check_lr, check_weights
+from spikeforge.train.engine import Engine, model_device, seed_everything
 
 __all__ = ["random_views", "nt_xent", "pretrain_simclr", "linear_probe", "extract_features"]
 
@@ -64,8 +63,19 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
     z = F.normalize(torch.cat([z1, z2]), dim=1)
     sim = z @ z.t() / temperature
     sim.fill_diagonal_(float("-inf"))
-    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
+    target = torch.cat([torch.arange(n, 2 * n, device=z.device), torch.arange(0, n, device=z.device)])
     return F.cross_entropy(sim, target)
+
+
+class _Contrastive(nn.Module):
+    """Encoder features followed by the projection head: the module DDP wraps."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder.features(v))
 
 
 class _Projector(nn.Module):
@@ -89,11 +99,16 @@ def pretrain_simclr(
     seed: int = 0,
     progress: bool = True,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    device: torch.device | str | None = None,
+    sync_bn: bool = False,
 ) -> list[dict[str, float]]:
     """Contrastive pretraining of ``model.features`` (labels are never used).
 
     ``model`` must have ``features(x) -> [N, D]`` and ``num_features``. Returns the
-    per-epoch history (loss, seconds).
+    per-epoch history (loss, seconds). ``device``: where to train (default: where the
+    model is). Under ``torchrun`` each rank encodes its share of the views and the
+    projections of all ranks are gathered, so the loss sees the negatives of the
+    whole global batch; ``sync_bn`` normalizes BatchNorm over the global batch.
     """
     if epochs < 1:
         raise ConfigError(f"epochs must be >= 1, got {epochs}")
@@ -104,50 +119,53 @@ def pretrain_simclr(
     lr = check_lr(lr)
     if not hasattr(model, "features") or not hasattr(model, "num_features"):
         raise InputTypeError(f"{type(model).__name__} has no features()/num_features for contrastive pretraining")
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
+    gen = seed_everything(seed)
     d = int(model.num_features)
     head = _Projector(d, max(d, proj_dim), proj_dim)
+    both = _Contrastive(model, head)
+    eng = Engine(both, lr=lr, device=device, sync_bn=sync_bn, progress=progress, find_unused_parameters=True)
     params = list(model.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
-    steps = epochs * (len(images) // batch_size)
+    per_epoch = len(images) // batch_size
+    steps = epochs * per_epoch
     if steps < 1:
         raise DataError(f"{len(images)} images are fewer than one batch of {batch_size}")
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    eng.attach(opt, sched)
     dummy = torch.zeros(len(images), dtype=torch.long)
-    history: list[dict[str, float]] = []
-    for epoch in range(1, epochs + 1):
-        model.train()
-        head.train()
-        t0, total, n = time.perf_counter(), 0.0, 0
-        batches = iterate_batches(images, dummy, batch_size, shuffle=True, generator=gen, drop_last=True)
-        bar = progress_bar(batches, total=len(images) // batch_size, desc=f"simclr {epoch}/{epochs}",
-                           enabled=progress)
-        for i, (xb, _) in enumerate(bar):
-            v = torch.cat([random_views(xb, gen), random_views(xb, gen)])
-            z = head(model.features(v))
-            loss = nt_xent(*z.chunk(2), temperature=temperature)
-            check_loss(loss, where=f"contrastive pretraining epoch {epoch}, batch {i + 1}", lr=lr)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * xb.shape[0]
-            n += xb.shape[0]
-        check_weights(model, head, where=f"the end of contrastive pretraining epoch {epoch}", lr=lr)
-        row = {"epoch": epoch, "contrastive_loss": total / n, "seconds": time.perf_counter() - t0}
-        history.append(row)
-        tqdm.write(f"simclr epoch {epoch}/{epochs}: loss={row['contrastive_loss']:.4f}")
-        if on_epoch is not None:
-            on_epoch(epoch, row)
-    model.eval()
+
+    def batches(epoch: int):
+        return iterate_batches(images, dummy, batch_size, shuffle=True, generator=gen, drop_last=True)
+
+    def step(batch, epoch: int, i: int) -> dict[str, float]:
+        xb = batch[0]
+        n = xb.shape[0]
+        v1, v2 = eng.shard(random_views(xb, gen), random_views(xb, gen), weight=False)
+        z1, z2 = eng.net(torch.cat([v1, v2])).chunk(2)
+        # every rank scores all 2N views (the negatives of the global batch), as one process does
+        loss = nt_xent(D.gather_rows(z1, n), D.gather_rows(z2, n), temperature=temperature)
+        eng.update(loss, where=f"contrastive pretraining epoch {epoch}, batch {i + 1}")
+        return {"loss": float(loss.detach()) * v1.shape[0], "n": v1.shape[0]}
+
+    def row(epoch: int, sums: dict[str, float], seconds: float) -> dict[str, float]:
+        return {"epoch": epoch, "contrastive_loss": sums["loss"] / sums["n"], "seconds": seconds}
+
+    history = eng.run_epochs(
+        epochs=epochs, batches=batches, steps_per_epoch=per_epoch, step=step, row=row, desc="simclr",
+        check_modules=(model, head), check_where="the end of contrastive pretraining epoch {epoch}",
+        message=lambda epoch, r: f"simclr epoch {epoch}/{epochs}: loss={r['contrastive_loss']:.4f}",
+        after_epoch=(lambda epoch, r, h: on_epoch(epoch, r)) if on_epoch is not None else None,
+    )
+    head.eval()
     return history
 
 
 @torch.no_grad()
 def extract_features(model: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Features of ``images`` on the model's device."""
     model.eval()
-    return torch.cat([model.features(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+    device = model_device(model)
+    return torch.cat([model.features(images[i:i + batch_size].to(device)) for i in range(0, len(images), batch_size)])
 
 
 def linear_probe(
@@ -165,7 +183,8 @@ def linear_probe(
     lr = check_lr(lr)
     if len(train[1]) == 0:
         raise DataError("linear_probe: no training images (the training set is empty)")
-    feats = extract_features(model, train[0])
+    device = model_device(model)
+    feats = extract_features(model, train[0]).cpu()
     y = train[1]
     fc: nn.Linear = model.fc
     gen = torch.Generator().manual_seed(seed)
@@ -173,7 +192,7 @@ def linear_probe(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * math.ceil(len(y) / batch_size))
     for _ in range(epochs):
         for fb, yb in iterate_batches(feats, y, batch_size, shuffle=True, generator=gen):
-            loss = F.cross_entropy(fc(fb), yb)
+            loss = F.cross_entropy(fc(fb.to(device)), yb.to(device))
             check_loss(loss, where="the linear probe", lr=lr, option="the probe's lr")
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -181,4 +200,4 @@ def linear_probe(
             sched.step()
     check_weights(fc, where="the end of the linear probe", lr=lr, option="the probe's lr")
     with torch.no_grad():
-        return float((fc(feats).argmax(1) == y).float().mean())
+        return float((fc(feats.to(device)).argmax(1).cpu() == y).float().mean())
