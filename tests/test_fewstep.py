@@ -96,6 +96,24 @@ def test_mse_threshold_finds_the_known_optimum():
     assert float(rec2.mse_threshold(1)) == pytest.approx(100 * a, rel=1e-6)
 
 
+def test_mse_threshold_with_burst_spikes():
+    # Γ=2, T=1: a split threshold λ/2 = a codes the 20,000 small activations exactly (two
+    # levels of λ/2); without splitting, θ = λ = a does, and the outlier is clamped at 2a.
+    a = 0.37
+    rec = ActivationRecorder(samples_per_batch=1 << 20)
+    vals = torch.full((20000,), a)
+    vals[0] = 100 * a
+    rec.record(vals.view(-1, 1))
+    assert float(rec.mse_threshold(1, max_spikes=2, split=True)) == pytest.approx(2 * a, rel=1e-6)
+    assert float(rec.mse_threshold(1, max_spikes=2, split=False)) == pytest.approx(a, rel=1e-6)
+    # the converted neuron gets θ = λ/Γ
+    net = nn.Sequential(nn.Linear(1, 1, bias=False), nn.ReLU()).eval()
+    with torch.no_grad():
+        net[0].weight.fill_(1.0)
+    snn = convert(net, vals.view(-1, 1), threshold="mse", target_T=1, max_spikes=2, batch_size=20000)
+    assert float(next(iter(snn.neurons().values())).threshold) == pytest.approx(a, rel=1e-6)
+
+
 def _relu_net(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     net = nn.Sequential(
@@ -127,13 +145,13 @@ def _layer_errors(snn, net, x, T):
             for k in range(len(relus))]
 
 
-@pytest.mark.parametrize("kind", ["bias", "potential"])
-def test_corrections_lower_each_layers_error(kind):
+@pytest.mark.parametrize("kind,gamma", [("bias", 1), ("potential", 1), ("potential", 3)])
+def test_corrections_lower_each_layers_error(kind, gamma):
     net = _relu_net()
     x = torch.randn(64, 3, 8, 8)
     T = 4
-    plain = convert(net, x, threshold="mse", target_T=T, batch_size=64)
-    fixed = convert(net, x, threshold="mse", correction=kind, target_T=T, batch_size=64)
+    plain = convert(net, x, threshold="mse", target_T=T, batch_size=64, max_spikes=gamma)
+    fixed = convert(net, x, threshold="mse", correction=kind, target_T=T, batch_size=64, max_spikes=gamma)
     report = fixed.correction_report
     assert len(report) == 3
     for r in report.values():
@@ -151,8 +169,6 @@ def test_unsupported_combinations_name_themselves():
     x = torch.randn(8, 3, 8, 8)
     with pytest.raises(ValueError, match="target_T"):
         convert(net, x, threshold="mse")
-    with pytest.raises(ConversionError, match="max_spikes=4"):
-        convert(net, x, threshold="mse", target_T=4, max_spikes=4)
     with pytest.raises(ConversionError, match="share_reused_relu"):
         convert(net, x, correction="bias", target_T=4, share_reused_relu=True)
     with pytest.raises(ValueError, match="threshold must be one of"):

@@ -122,7 +122,8 @@ class ActivationRecorder(nn.Module):
             lam = torch.where(lam > 0, lam, torch.full_like(lam, fallback))
         return lam.reshape(threshold_shape(self.sample_shape, self.per_channel))
 
-    def mse_threshold(self, T: int, v_init: float = 0.5, grid: int = 200, max_samples: int = 1 << 20) -> torch.Tensor:
+    def mse_threshold(self, T: int, v_init: float = 0.5, grid: int = 200, max_samples: int = 1 << 20,
+                      max_spikes: int = 1, split: bool = True) -> torch.Tensor:
         """The threshold λ that minimizes the error of ``T``-step rate coding.
 
         An IF neuron with threshold λ and initial membrane ``v_init·λ`` driven by a
@@ -130,7 +131,17 @@ class ActivationRecorder(nn.Module):
         λ is searched over ``grid`` fractions of the recorded maximum (per channel or
         per layer) to minimize the mean squared difference to ``x`` over the recorded
         activations (Li et al., "A free lunch from ANN", ICML 2021).
+
+        Burst spikes (``max_spikes`` Γ > 1): the neuron may fire Γ times a step, so its
+        count over T steps is clamped to T·Γ. With ``split`` the spike threshold is
+        θ = λ/Γ (λ stays the largest rate, the grid is Γ times finer); without it θ = λ
+        and rates above λ up to Γ·λ are representable. The λ returned is in the same
+        units as :meth:`threshold` (the caller divides by Γ when splitting).
         """
+        if int(max_spikes) != max_spikes or max_spikes < 1:
+            raise ValueError(f"max_spikes must be a positive integer, got {max_spikes!r}")
+        theta_div = float(max_spikes) if split else 1.0
+        cap = T * max_spikes
         if not self.batches or self.sample_shape is None or self.maximum is None:
             raise RuntimeError("no calibration data reached this activation")
         if int(T) != T or T < 1:
@@ -144,7 +155,8 @@ class ActivationRecorder(nn.Module):
         best = mx.clone()
         for k in range(1, grid + 1):
             lam = mx * (k / grid)
-            q = torch.clamp(torch.floor(x * (T / lam[:, None]) + v_init), 0, T) * (lam[:, None] / T)
+            theta = lam[:, None] / theta_div
+            q = torch.clamp(torch.floor(x * (T / theta) + v_init), 0, cap) * (theta / T)
             err = (q - x).pow(2).mean(1)
             better = err < best_err
             best_err = torch.where(better, err, best_err)

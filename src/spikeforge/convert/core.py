@@ -255,7 +255,8 @@ def convert(
         threshold: ``"percentile"`` (the ``percentile`` of the activations) or ``"mse"``
             (the threshold that minimizes the error of ``target_T``-step rate coding,
             searched per layer or channel; Li et al., ICML 2021). QCFS sites always keep
-            their learnt ceiling.
+            their learnt ceiling. With burst spikes (``max_spikes`` > 1) the search
+            counts the Γ spikes a step may carry (T·Γ levels when the threshold is split).
         correction: after thresholds are set, compare the SNN's mean output over
             ``target_T`` steps with the ANN's on ``correction_batches`` calibration
             batches, layer by layer, and remove the per-channel mean difference:
@@ -394,7 +395,7 @@ def convert(
         if name in fixed:
             lam = fixed[name]
         elif threshold == "mse":
-            lam = rec.mse_threshold(int(target_T), v_init=v_init)
+            lam = rec.mse_threshold(int(target_T), v_init=v_init, max_spikes=max_spikes, split=split_threshold)
         else:
             lam = rec.threshold(percentile)
         if split_threshold:
@@ -447,9 +448,6 @@ def _check_method(threshold: str, correction: str, target_T: int | None, max_spi
     if needs_T and (target_T is None or int(target_T) != target_T or target_T < 1):
         raise ConfigError(f"threshold={threshold!r} with correction={correction!r} needs target_T, a positive "
                          f"number of steps, got {target_T!r}")
-    if needs_T and max_spikes != 1:
-        raise ConversionError(f"threshold={threshold!r}/correction={correction!r} are for binary spikes; "
-                              f"max_spikes={max_spikes} (burst spikes) is not supported with them")
     if correction != "none" and shared:
         raise ConversionError(f"correction={correction!r} is not supported with share_reused_relu=True")
 
@@ -514,7 +512,8 @@ def correct_layerwise(snn: SpikingModel, ann_outputs: dict[str, torch.Tensor], i
             v = None
             if v0 is not None:
                 v = initial_membrane(x[0], th_b, neuron.v_init).add_(v0)
-            out, _ = if_seq(x, threshold=th_b, v=v, v_init=neuron.v_init, reset=neuron.reset, scale_output=True)
+            out, _ = if_seq(x, threshold=th_b, v=v, v_init=neuron.v_init, reset=neuron.reset, scale_output=True,
+                            max_spikes=neuron.max_spikes)
             diff = out.mean(0) - target
             return _channel_mean(diff * diff)
 
