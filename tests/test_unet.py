@@ -309,3 +309,17 @@ def test_quick_experiment_writes_the_contract(tmp_path, capsys):
                      "--curve-T", "4"]) == 0
     m2 = json.loads((out / "metrics.json").read_text())
     assert m2["checkpoint_reused"] and list(m2["snn"]) == ["1", "2", "4"]
+    # the few-step method options reach convert() and are named in the report (checkpoint reused)
+    assert cli_main(["run", "unet-convert", "--quick", "--out", str(out), "--no-progress", "--T", "4",
+                     "--curve-T", "4", "--threshold", "mse", "--correction", "potential", "--target-T", "4"]) == 0
+    m3 = json.loads((out / "metrics.json").read_text())
+    assert m3["checkpoint_reused"]
+    conv = m3["conversion"]
+    assert (conv["threshold"], conv["correction"], conv["target_T"], conv["max_spikes"]) == ("mse", "potential", 4, 3)
+    assert "MSE thresholds for T=4; potential correction for T=4" in (out / "report.md").read_text()
+
+
+def test_unet_method_options_fail_before_work(tmp_path):
+    out = tmp_path / "bad"
+    assert cli_main(["run", "unet-convert", "--quick", "--out", str(out), "--no-progress", "--target-T", "8"]) == 2
+    assert not (out / "unet.pt").exists()

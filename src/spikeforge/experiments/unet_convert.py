@@ -58,8 +58,8 @@ from spikeforge.evaluate_segmentation import (
 )
 from spikeforge.errors import ConfigError
 from spikeforge.experiments.common import (
-    command_line, environment, fraction, integer, learning_rate, nonnegative_float, nonnegative_int,
-    percentile_value, positive_int, prepare_out_dir, seed_int, unit_interval,
+    add_method_arguments, command_line, environment, fraction, integer, learning_rate, method_name, method_options,
+    nonnegative_float, nonnegative_int, percentile_value, positive_int, prepare_out_dir, seed_int, unit_interval,
 )
 from spikeforge.experiments.registry import Experiment
 from spikeforge.io import atomic_write, write_json, write_text
@@ -144,6 +144,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="per-channel thresholds (default: one per layer)")
     p.add_argument("--max-spikes", type=integer(1, 1024), default=3, help="burst spikes Γ per step")
     p.add_argument("--v-init", type=unit_interval, default=0.5, help="initial membrane / threshold, in [0, 1]")
+    add_method_arguments(p, activation=False)
     p.add_argument("--calib-batches", type=positive_int, default=None, help="calibration batches of 8 patches")
     p.add_argument("--calib-patch", type=positive_int, default=None,
                    help="side of the calibration patches (default 128, whatever the training patch)")
@@ -291,7 +292,8 @@ def _report(m: dict[str, Any]) -> str:
         f"ANN on all {m['ann_full_test_slices']} evaluated {split} slices: accuracy {full['accuracy']:.4f}, "
         f"Dice {full['dice']:.4f}, Jaccard **{full['jaccard']:.4f}**, F1 {full['f1']:.4f}.",
         "",
-        f"Conversion: " + ", ".join(f"{k}={v}" for k, v in m["conversion"].items()) + f"; SNN in {precision}.",
+        f"Conversion ({method_name(m['conversion'])}, Γ={m['conversion']['max_spikes']}): "
+        + ", ".join(f"{k}={v}" for k, v in m["conversion"].items()) + f"; SNN in {precision}.",
         "The SNN's output layer stays analog: the prediction after T steps is σ(mean logit over the first T "
         "steps), binarized at 0.5. Full slices, windows of "
         f"{c['tile'] or 'the whole slice'} px with {c['overlap']} px overlap.",
@@ -339,7 +341,7 @@ def _report(m: dict[str, Any]) -> str:
 
 def _conversion_options(args: argparse.Namespace) -> dict[str, Any]:
     return dict(percentile=args.percentile, per_channel=args.per_channel, max_spikes=args.max_spikes,
-                v_init=args.v_init, maxpool="lipool", channels_last=True)
+                v_init=args.v_init, maxpool="lipool", channels_last=True, **method_options(args))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -360,6 +362,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     keep_freed_memory()
     cfg = _resolve(args)
     _check_geometry(cfg)
+    method_options(args)  # bad method options fail before any work
     out = prepare_out_dir(args.out)
     torch.manual_seed(args.seed)
 
