@@ -323,3 +323,22 @@ def test_unet_method_options_fail_before_work(tmp_path):
     out = tmp_path / "bad"
     assert cli_main(["run", "unet-convert", "--quick", "--out", str(out), "--no-progress", "--target-T", "8"]) == 2
     assert not (out / "unet.pt").exists()
+
+
+def test_qcfs_unet_trains_and_converts_with_its_ceilings(tmp_path):
+    from spikeforge.layers import QCFS
+
+    net = create_model("unet", width=4, depth=2, act="qcfs", levels=4)
+    qs = [m for m in net.modules() if isinstance(m, QCFS)]
+    assert len(qs) == 10 and not any(isinstance(m, torch.nn.ReLU) for m in net.modules())
+    out = tmp_path / "q"
+    assert cli_main(["run", "unet-convert", "--quick", "--out", str(out), "--no-progress", "--T", "4",
+                     "--curve-T", "4", "--activation", "qcfs", "--levels", "4", "--max-spikes", "1"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["config"]["activation"] == "qcfs" and m["config"]["levels"] == 4
+    assert "QCFS-trained ANN (L=4)" in (out / "report.md").read_text()
+    # the checkpoint holds one learnt ceiling per activation
+    payload = torch.load(out / "unet.pt", weights_only=True)
+    lams = sorted(float(v.abs()) for k, v in payload["model"].items() if k.endswith(".threshold"))
+    assert len(lams) == 6 * 2 + 2  # depth 3 (quick): 3 down + bottleneck + 3 up blocks of 2
+    assert all(0.0 <= s["jaccard"] <= 1.0 for s in m["snn"].values())

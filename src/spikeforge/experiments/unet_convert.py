@@ -144,7 +144,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="per-channel thresholds (default: one per layer)")
     p.add_argument("--max-spikes", type=integer(1, 1024), default=3, help="burst spikes Γ per step")
     p.add_argument("--v-init", type=unit_interval, default=0.5, help="initial membrane / threshold, in [0, 1]")
-    add_method_arguments(p, activation=False)
+    add_method_arguments(p)
     p.add_argument("--calib-batches", type=positive_int, default=None, help="calibration batches of 8 patches")
     p.add_argument("--calib-patch", type=positive_int, default=None,
                    help="side of the calibration patches (default 128, whatever the training patch)")
@@ -292,7 +292,8 @@ def _report(m: dict[str, Any]) -> str:
         f"ANN on all {m['ann_full_test_slices']} evaluated {split} slices: accuracy {full['accuracy']:.4f}, "
         f"Dice {full['dice']:.4f}, Jaccard **{full['jaccard']:.4f}**, F1 {full['f1']:.4f}.",
         "",
-        f"Conversion ({method_name(m['conversion'])}, Γ={m['conversion']['max_spikes']}): "
+        f"Conversion ({method_name(m['conversion'], c.get('activation', 'relu'), c.get('levels'))}, "
+        f"Γ={m['conversion']['max_spikes']}): "
         + ", ".join(f"{k}={v}" for k, v in m["conversion"].items()) + f"; SNN in {precision}.",
         "The SNN's output layer stays analog: the prediction after T steps is σ(mean logit over the first T "
         "steps), binarized at 0.5. Full slices, windows of "
@@ -375,7 +376,9 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     data_seconds = time.perf_counter() - t0
     _log(f"data: {len(train)} train / {len(test)} {split} slices of {train.slice_shape} ({data_seconds:.1f} s)")
 
-    model_kw = dict(width=cfg["width"], depth=cfg["depth"], up=args.up)
+    model_kw: dict[str, Any] = dict(width=cfg["width"], depth=cfg["depth"], up=args.up)
+    if args.activation == "qcfs":  # (ReLU nets keep the old key set, so their checkpoints stay valid)
+        model_kw.update(act="qcfs", levels=args.levels)
     check_exportable(args, lambda: convert(  # a net NIR cannot express is refused before training
         create_model("unet", **model_kw).eval(), torch.rand(2, 1, cfg["patch"], cfg["patch"]), max_batches=None,
         **_conversion_options(args)), (1, *train.slice_shape))
@@ -515,6 +518,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         "ann_full_test": ann_full,
         "ann_full_test_slices": len(ann_idx),
         "config": {**cfg, "up": args.up, "dice_weight": args.dice_weight, "seed": args.seed,
+                   "activation": args.activation, "levels": args.levels if args.activation == "qcfs" else None,
                    "snn_bf16": bool(args.snn_bf16)},
         "parameters": sum(p.numel() for p in model.parameters()),
         "conversion": options,

@@ -22,15 +22,17 @@ UP_MODES: tuple[str, ...] = ("transpose", "nearest", "bilinear")
 
 
 class ConvBlock(nn.Sequential):
-    """``convs`` × (conv3×3 → BatchNorm → ReLU)."""
+    """``convs`` × (conv3×3 → BatchNorm → ReLU, or QCFS with ``act="qcfs"``)."""
 
-    def __init__(self, in_channels: int, out_channels: int, convs: int = 2) -> None:
+    def __init__(self, in_channels: int, out_channels: int, convs: int = 2, act: str = "relu", levels: int = 8) -> None:
+        from spikeforge.models.backbones import make_activation
+
         layers: list[nn.Module] = []
         for i in range(convs):
             layers += [
                 nn.Conv2d(in_channels if i == 0 else out_channels, out_channels, 3, padding=1, bias=False),
                 nn.BatchNorm2d(out_channels),
-                nn.ReLU(inplace=True),
+                make_activation(act, levels),
             ]
         super().__init__(*layers)
 
@@ -55,6 +57,8 @@ class UNet(nn.Module):
         depth: number of 2×2 down-samplings (the bottleneck is level ``depth``).
         up: ``"transpose"`` (ConvTranspose2d), ``"nearest"`` or ``"bilinear"``.
         convs: conv-BN-ReLU blocks per level.
+        act: ``"relu"``, or ``"qcfs"``: train with the quantized clip-floor-shift
+            activation (``levels`` L, learnt ceilings that become the SNN's thresholds).
     """
 
     def __init__(
@@ -66,6 +70,8 @@ class UNet(nn.Module):
         depth: int = 4,
         up: str = "transpose",
         convs: int = 2,
+        act: str = "relu",
+        levels: int = 8,
     ) -> None:
         super().__init__()
         if up not in UP_MODES:
@@ -75,12 +81,12 @@ class UNet(nn.Module):
         self.depth = depth
         chans = [width * 2**i for i in range(depth + 1)]
         self.down = nn.ModuleList(
-            [ConvBlock(in_channels if i == 0 else chans[i - 1], chans[i], convs) for i in range(depth)]
+            [ConvBlock(in_channels if i == 0 else chans[i - 1], chans[i], convs, act, levels) for i in range(depth)]
         )
         self.pool = nn.MaxPool2d(2)
-        self.bottleneck = ConvBlock(chans[depth - 1], chans[depth], convs)
+        self.bottleneck = ConvBlock(chans[depth - 1], chans[depth], convs, act, levels)
         self.ups = nn.ModuleList([_up(chans[i + 1], chans[i], up) for i in reversed(range(depth))])
-        self.dec = nn.ModuleList([ConvBlock(2 * chans[i], chans[i], convs) for i in reversed(range(depth))])
+        self.dec = nn.ModuleList([ConvBlock(2 * chans[i], chans[i], convs, act, levels) for i in reversed(range(depth))])
         self.head = nn.Conv2d(chans[0], out_channels, 1)
 
     @property
@@ -108,5 +114,7 @@ def unet(
     depth: int = 4,
     up: str = "transpose",
     convs: int = 2,
+    act: str = "relu",
+    levels: int = 8,
 ) -> nn.Module:
-    return UNet(in_channels, out_channels, width=width, depth=depth, up=up, convs=convs)
+    return UNet(in_channels, out_channels, width=width, depth=depth, up=up, convs=convs, act=act, levels=levels)
