@@ -10,6 +10,10 @@ traceback (``--debug`` adds it):
 * any other exception prints ``spikeforge: error: unexpected ...`` and exits with 1;
 * Ctrl-C (exit 130) and SIGTERM (exit 143) stop the run the same way: files are
   written atomically, so the last checkpoint stays intact, and the message names it.
+
+Started by ``torchrun --nproc-per-node N -m spikeforge run ...`` (``WORLD_SIZE`` > 1),
+``run`` and ``study`` first join the process group (gloo on the CPU, NCCL with
+``--device cuda``) and train data-parallel; errors of ranks other than 0 say which rank.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import traceback
 from types import SimpleNamespace
 from typing import Iterator, NoReturn
 
+from spikeforge import distributed
 from spikeforge.errors import DivergenceError, SpikeforgeError
 from spikeforge.experiments import EXPERIMENTS
 from spikeforge.nir.cli import add_run_arguments as add_nir_run_arguments, run_nir
@@ -116,6 +121,16 @@ def _sigterm_as_interrupt() -> Iterator[SimpleNamespace]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _error_prefix() -> str:
+    return "spikeforge: error: " if distributed.is_main() else f"spikeforge: error (rank {distributed.rank()}): "
+
+
+def _join_process_group(args: argparse.Namespace) -> None:
+    """Under torchrun (WORLD_SIZE > 1): check --device, then join the process group."""
+    if distributed.env_world_size() > 1:
+        distributed.initialize(distributed.resolve_device(getattr(args, "device", "auto")))
+
+
 def _report(exc: BaseException, args: argparse.Namespace) -> int:
     if getattr(args, "debug", False):
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
@@ -133,10 +148,10 @@ def _report(exc: BaseException, args: argparse.Namespace) -> int:
         if ckpt is not None and ckpt.exists():
             message += f"; the last checkpoint, {ckpt}, is kept"
     if known:
-        print(f"spikeforge: error: {message}", file=sys.stderr)
+        print(f"{_error_prefix()}{message}", file=sys.stderr)
         return EXIT_ERROR
     hint = "" if getattr(args, "debug", False) else "; rerun with --debug for the traceback"
-    print(f"spikeforge: error: unexpected {type(exc).__name__}: {message} (this is a bug{hint})", file=sys.stderr)
+    print(f"{_error_prefix()}unexpected {type(exc).__name__}: {message} (this is a bug{hint})", file=sys.stderr)
     return EXIT_BUG
 
 
@@ -159,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     forget_saved_checkpoints()
     with _sigterm_as_interrupt() as term:
         try:
+            if args.command in ("run", "study"):
+                _join_process_group(args)
             runner(args)
         except KeyboardInterrupt as exc:
             if getattr(args, "debug", False):
@@ -168,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_TERMINATED if term.received else EXIT_INTERRUPTED
         except Exception as exc:  # every failure ends as one line, never a traceback
             return _report(exc, args)
+        finally:
+            distributed.finalize()
     return 0
 
 

@@ -7,11 +7,13 @@ import time
 
 import torch
 
+from spikeforge import distributed
 from spikeforge.convert import SpikingModel
 from spikeforge.errors import ConfigError, DataError
 from spikeforge.metrics.classification import correct_per_step
 from spikeforge.metrics.spikes import SpikeStats
 from spikeforge.progress import progress as progress_bar
+from spikeforge.train.engine import model_device
 
 
 @torch.no_grad()
@@ -31,6 +33,11 @@ def evaluate_snn(
     "seconds": wall time, "images_per_second": ..., "spike_stats": ...}``; ``spike_stats``
     (spikes, SOPs, MACs and energy estimates, :class:`~spikeforge.metrics.spikes.SpikeStats`)
     is counted in the same pass, unless ``spike_stats=False``.
+
+    The images go to the SNN's device batch by batch. Inside a process group (torchrun)
+    each rank evaluates its contiguous share of the images and the per-step correct
+    counts, spike counts and statistics of all ranks are gathered, so every rank returns
+    the figures of the whole set.
     """
     if images.shape[0] != labels.shape[0]:
         raise DataError(f"{images.shape[0]} images but {labels.shape[0]} labels")
@@ -38,6 +45,10 @@ def evaluate_snn(
         raise DataError("evaluate_snn: no images to evaluate (the evaluation set is empty)")
     if T < 1 or batch_size < 1:
         raise ConfigError(f"T and batch_size must be >= 1, got {T}, {batch_size}")
+    total = len(labels)
+    first, last = distributed.shard_bounds(total)
+    images, labels = images[first:last], labels[first:last]
+    device = model_device(snn)
     correct = torch.zeros(T, dtype=torch.long)
     spikes: dict[str, float] = {}
     steps: dict[str, int] = {}
@@ -45,21 +56,62 @@ def evaluate_snn(
     n_batches = (len(labels) + batch_size - 1) // batch_size
     stats = SpikeStats(snn) if spike_stats else None
     with stats if stats is not None else contextlib.nullcontext():
-        for i in progress_bar(range(n_batches), desc=f"SNN T={T}", enabled=progress):
-            xb = images[i * batch_size : (i + 1) * batch_size]
+        for i in progress_bar(range(n_batches), desc=f"SNN T={T}", enabled=progress and distributed.is_main()):
+            xb = images[i * batch_size : (i + 1) * batch_size].to(device)
             yb = labels[i * batch_size : (i + 1) * batch_size]
             out = snn(xb, T)
-            correct += correct_per_step(out, yb)
+            correct += correct_per_step(out.cpu(), yb)
             for name, neuron in snn.neurons().items():
                 spikes[name] = spikes.get(name, 0.0) + neuron.spike_count
                 steps[name] = steps.get(name, 0) + neuron.neuron_steps
     seconds = time.perf_counter() - start
+    summary = stats.summary() if stats is not None and len(labels) else None
+    if distributed.active():
+        names = sorted(set().union(*distributed.all_gather_rows(sorted(spikes))))
+        sums = distributed.all_reduce_sum(correct.tolist() + [spikes.get(k, 0.0) for k in names]
+                                          + [steps.get(k, 0) for k in names])
+        correct = torch.tensor([round(v) for v in sums[:T]], dtype=torch.long)
+        spikes = dict(zip(names, sums[T:T + len(names)]))
+        steps = {k: int(round(v)) for k, v in zip(names, sums[T + len(names):])}
+        seconds = distributed.all_reduce_max(seconds)
+        if stats is not None:
+            summary = merge_summaries([s for s in distributed.all_gather_rows(summary) if s is not None])
     result = {
-        "accuracy": (correct.double() / len(labels)).tolist(),
+        "accuracy": (correct.double() / total).tolist(),
         "firing_rates": {k: spikes[k] / steps[k] if steps[k] else 0.0 for k in spikes},
         "seconds": seconds,
-        "images_per_second": len(labels) / seconds,
+        "images_per_second": total / seconds,
     }
     if stats is not None:
-        result["spike_stats"] = stats.summary()
+        result["spike_stats"] = summary
     return result
+
+
+def merge_summaries(parts: list[dict]) -> dict:
+    """Spike statistics of disjoint image sets (``SpikeStats.summary()`` each) as one summary.
+
+    Every per-image figure, rate and ratio is the mean of the parts weighted by their
+    image counts (all of them are linear in the per-image counts, energies included);
+    ``images`` is the total; integers equal in every part (neurons, T) are kept.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    weights = [float(p["images"]) for p in parts]
+
+    def merge(values: list, key: str = "") -> object:
+        head = values[0]
+        if isinstance(head, dict):
+            return {k: merge([v[k] for v in values], k) for k in head}
+        if isinstance(head, list):
+            return [merge([v[i] for v in values], key) for i in range(len(head))]
+        if isinstance(head, bool) or head is None or isinstance(head, str):
+            return head
+        if isinstance(head, int) and all(v == head for v in values):
+            return head
+        if isinstance(head, (int, float)):
+            return sum(w * float(v) for w, v in zip(weights, values)) / sum(weights)
+        return head
+
+    out = merge(parts)
+    out["images"] = int(sum(weights))  # type: ignore[index]
+    return out  # type: ignore[return-value]

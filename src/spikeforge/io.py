@@ -1,4 +1,8 @@
-"""Atomic writes for everything a run produces (metrics, reports, figures)."""
+"""Atomic writes for everything a run produces (metrics, reports, figures).
+
+In a data-parallel run (several processes started by torchrun) only rank 0 writes:
+on the other ranks these functions return the path without touching the disk.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,19 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from spikeforge import distributed
+
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` then rename ``tmp_path`` over ``path``.
 
     The temporary file lives in the target directory, so the rename is atomic and a
-    failed write leaves any earlier file untouched.
+    failed write leaves any earlier file untouched. Ranks other than 0 of a
+    data-parallel run write nothing.
     """
     path = Path(path)
+    if not distributed.is_main():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)

@@ -34,9 +34,11 @@ from spikeforge.convert import convert
 from spikeforge.data import dataset_names
 from spikeforge.evaluate import evaluate_snn
 from spikeforge.errors import ConfigError, IncompatibleDataError
+from spikeforge import distributed
 from spikeforge.experiments.common import (
-    add_method_arguments, add_val_split_argument, command_line, environment, eval_split_name, integer,
-    load_split_tensors, method_name, method_options, positive_int, prepare_out_dir, require_images, seed_int,
+    add_device_arguments, add_method_arguments, add_val_split_argument, command_line, device_of, environment,
+    eval_split_name, integer, load_split_tensors, method_name, method_options, parallel_info, positive_int,
+    prepare_out_dir, require_images, seed_int,
 )
 from spikeforge.io import write_json, write_text
 from spikeforge.models import create_model
@@ -133,6 +135,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_method_arguments(p, activation=False)
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--no-progress", action="store_true")
+    add_device_arguments(p)
 
 
 def _preset(args: argparse.Namespace) -> Preset:
@@ -199,6 +202,8 @@ def _subset(data: tuple[torch.Tensor, torch.Tensor], limit: int | None, seed: in
 class Study:
     def __init__(self, args: argparse.Namespace, preset: Preset, out: Path) -> None:
         self.args, self.preset, self.out = args, preset, out
+        self.device = device_of(args)
+        self.sync_bn = bool(getattr(args, "sync_bn", False))
         self.loads = _parse_loads(args.load)
         train, test, self.classes = load_split_tensors(args.dataset, args.data_dir, args.val_split)
         require_images(args.dataset, args.data_dir, train, test, model="the study's backbones",
@@ -229,6 +234,8 @@ class Study:
             cfg["val_split"] = self.args.val_split  # trained without the held-out images
         if p.activation == "qcfs" and self.args.levels != 8:
             cfg["levels"] = self.args.levels
+        if distributed.world_size() > 1 and not self.sync_bn and entry.name not in self.loads:
+            cfg["bn_processes"] = distributed.world_size()  # BatchNorm over each process's share of a batch
         if entry.name in self.loads:
             cfg["loaded_from"] = str(self.loads[entry.name].resolve())
         elif entry.pretraining == "simclr":
@@ -263,7 +270,7 @@ class Study:
             info = self._fit(entry, model)
             save_checkpoint(path, {"model": model.state_dict(), "config": cfg, "info": info})
             info = dict(info, cached=False)
-        model.eval()
+        model.to(self.device).eval()
         self.models[entry.name], self.timings[entry.name] = model, info
         return model, info
 
@@ -277,12 +284,13 @@ class Study:
         if entry.pretraining == "simclr":
             print(f"[{entry.name}] contrastive pretraining ({p.simclr_epochs} epochs, labels unused), then a linear probe")
             hist = pretrain_simclr(model, self.train[0], epochs=p.simclr_epochs, batch_size=p.simclr_batch_size,
-                                   seed=self.args.seed, progress=progress)
+                                   seed=self.args.seed, progress=progress, device=self.device, sync_bn=self.sync_bn)
             probe_train = linear_probe(model, self.train, epochs=p.probe_epochs, seed=self.args.seed)
             return {"train_seconds": time.perf_counter() - t0, "history": hist, "probe_train_accuracy": probe_train}
         print(f"[{entry.name}] supervised training ({p.epochs} epochs on {len(self.train[1])} images)")
         hist = train_classifier(model, self.train, None, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr,
-                                augment_shift=p.augment_shift, flip=self.flip, seed=self.args.seed, progress=progress)
+                                augment_shift=p.augment_shift, flip=self.flip, seed=self.args.seed, progress=progress,
+                                device=self.device, sync_bn=self.sync_bn)
         return {"train_seconds": time.perf_counter() - t0, "history": hist}
 
     def conversion_options(self, entry: Entry) -> dict[str, Any]:
@@ -314,7 +322,10 @@ class Study:
         gen = torch.Generator().manual_seed(self.args.seed + 7)
         n_cal = 128 * self.preset.calib_batches
         calib = self.train[0][torch.randperm(len(self.train[1]), generator=gen)[:n_cal]]
-        snn = convert(model, calib, batch_size=128, max_batches=self.preset.calib_batches, **options)
+        # converted on the CPU (a few calibration batches), evaluated on the device
+        snn = convert(model.cpu(), calib, batch_size=128, max_batches=self.preset.calib_batches, **options)
+        model.to(self.device)
+        snn.to(self.device)
         res = evaluate_snn(snn, *self.test, self.preset.T, batch_size=500, progress=not self.args.no_progress)
         acc = res["accuracy"]
         result = {
@@ -418,6 +429,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     method_options(args)  # bad method options fail before any work
     preset = _preset(args)
     _parse_loads(args.load)  # bad --load fails before any work
+    device_of(args)  # so does an unusable --device
     out = prepare_out_dir(args.out)
     t0 = time.perf_counter()
     study = Study(args, preset, out)
@@ -437,6 +449,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "eval_split": eval_split_name(args.val_split),
         "wall_seconds": time.perf_counter() - t0,
         "environment": environment(),
+        **parallel_info(study.device),
     }
     _figures(metrics, out)
     write_json(out / "study.json", meta)

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import torch
 
+from spikeforge import distributed
 from spikeforge.data import DataError, load_dataset
 from spikeforge.data.split import stratified_split
 from spikeforge.errors import ConfigError, IncompatibleDataError, OutputError
@@ -114,13 +115,15 @@ def prepare_out_dir(out: str | os.PathLike, option: str = "--out") -> Path:
 
     Raises :class:`~spikeforge.errors.OutputError` naming ``option`` and the path when
     it is an existing file, cannot be created, or is not writable. Nothing already in
-    the folder is touched.
+    the folder is touched. In a data-parallel run only rank 0 creates and probes it.
     """
     path = Path(out).expanduser()
     if str(out).strip() == "":
         raise OutputError(f"{option} is empty: give the folder the results go to")
     if path.exists() and not path.is_dir():
         raise OutputError(f"{option} {path} exists and is not a folder; choose another path")
+    if not distributed.is_main():
+        return path
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -169,6 +172,25 @@ def require_images(
             raise IncompatibleDataError(
                 f"{model} has {num_classes} outputs; {_source(name, data_dir)} has label {top}"
             )
+
+
+def add_device_arguments(p: argparse.ArgumentParser, *, training: bool = True) -> None:
+    """``--device auto|cpu|cuda[:k]`` and, for experiments that train, ``--sync-bn``."""
+    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda[:K]", help=distributed.DEVICE_HELP)
+    if training:
+        p.add_argument("--sync-bn", action="store_true",
+                       help="under torchrun: BatchNorm statistics over the global batch of all processes "
+                            "(default: each process normalizes over its share)")
+
+
+def device_of(args: argparse.Namespace) -> torch.device:
+    """The checked ``--device`` (a :class:`~spikeforge.errors.ConfigError` naming it when unusable)."""
+    return distributed.resolve_device(getattr(args, "device", "auto"))
+
+
+def parallel_info(device: torch.device) -> dict[str, Any]:
+    """What metrics.json records about where a run computed."""
+    return {"device": str(device), "processes": distributed.world_size()}
 
 
 def add_val_split_argument(p: argparse.ArgumentParser) -> None:
@@ -274,7 +296,17 @@ def environment() -> dict[str, Any]:
 
 
 def command_line() -> str:
-    return "spikeforge " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("spikeforge") else " ".join(sys.argv)
+    """The command as typed: ``spikeforge ...`` (also for ``python -m spikeforge``), with the torchrun prefix."""
+    if not sys.argv:
+        return ""
+    if not (sys.argv[0].endswith("spikeforge") or sys.argv[0].endswith(os.path.join("spikeforge", "__main__.py"))):
+        return " ".join(sys.argv)
+    if distributed.world_size() > 1:
+        nodes = distributed.world_size() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", distributed.world_size())))
+        per_node = distributed.world_size() // max(1, nodes)
+        return (f"torchrun --nproc-per-node {per_node}" + (f" --nnodes {nodes}" if nodes > 1 else "")
+                + " -m spikeforge " + " ".join(sys.argv[1:]))
+    return "spikeforge " + " ".join(sys.argv[1:])
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

@@ -13,9 +13,11 @@ from spikeforge.convert import convert
 from spikeforge.evaluate import evaluate_snn
 from spikeforge.experiments.common import (
     GRAYSCALE_28,
+    add_device_arguments,
     add_method_arguments,
     add_val_split_argument,
     command_line,
+    device_of,
     method_name,
     method_options,
     eval_split_name,
@@ -23,6 +25,7 @@ from spikeforge.experiments.common import (
     integer,
     learning_rate,
     load_split_tensors,
+    parallel_info,
     percentile_value,
     positive_int,
     prepare_out_dir,
@@ -30,6 +33,7 @@ from spikeforge.experiments.common import (
     seed_int,
     unit_interval,
 )
+from spikeforge import distributed
 from spikeforge.experiments.registry import Experiment
 from spikeforge.io import write_json, write_text
 from spikeforge.metrics import largest_drop
@@ -68,6 +72,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-batch-size", type=positive_int, default=500)
     p.add_argument("--retrain", action="store_true", help="ignore a cached checkpoint in --out")
     p.add_argument("--no-progress", action="store_true")
+    add_device_arguments(p)
     add_export_argument(p, converted=True)
 
 
@@ -76,7 +81,8 @@ def _build(args: argparse.Namespace, train) -> torch.nn.Module:
                         pool=args.pool)
 
 
-def _train_or_load(args: argparse.Namespace, out: Path, train, test) -> tuple[torch.nn.Module, list, bool]:
+def _train_or_load(args: argparse.Namespace, out: Path, train, test,
+                   device: torch.device | None = None) -> tuple[torch.nn.Module, list, bool]:
     model = _build(args, train)
     ckpt = out / "lenet5.pt" if args.activation == "relu" else out / f"lenet5-qcfs-L{args.levels}.pt"
     config = {k: getattr(args, k) for k in TRAIN_KEYS}
@@ -86,12 +92,14 @@ def _train_or_load(args: argparse.Namespace, out: Path, train, test) -> tuple[to
         config["val_split"] = args.val_split  # another training set (absent: the full one, as before)
     if args.pool != "max":
         config["pool"] = args.pool  # another network (absent: max-pooling, as before)
+    if distributed.world_size() > 1 and not getattr(args, "sync_bn", False):
+        config["bn_processes"] = distributed.world_size()  # BatchNorm over each process's share of a batch
     if ckpt.exists() and not args.retrain:
         try:
             payload = load_checkpoint(ckpt, required=("model", "config", "history"))
             if payload["config"] == config:
                 load_state(model, payload["model"], ckpt)
-                model.eval()
+                model.to(device or "cpu").eval()
                 print(f"loaded trained LeNet5 from {ckpt} (same training config)")
                 return model, list(payload["history"]), True
             print(f"{ckpt} was trained with another config; training again")
@@ -101,7 +109,8 @@ def _train_or_load(args: argparse.Namespace, out: Path, train, test) -> tuple[to
     model = _build(args, train)
     history = train_classifier(
         model, train, test, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        augment_shift=args.augment_shift, seed=args.seed, progress=not args.no_progress,
+        augment_shift=args.augment_shift, seed=args.seed, progress=not args.no_progress, device=device,
+        sync_bn=getattr(args, "sync_bn", False),
     )
     save_checkpoint(ckpt, {"model": model.state_dict(), "config": config, "history": history})
     return model, history, False
@@ -169,6 +178,7 @@ def _report(m: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     method_options(args)  # bad method options fail before any work
+    device = device_of(args)
     out = prepare_out_dir(args.out)
     torch.manual_seed(args.seed)
     train, test, _classes = load_split_tensors(args.dataset, args.data_dir, args.val_split)
@@ -177,7 +187,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     check_exportable(args, lambda: convert(_build(args, train).eval(), train[0][:64], batch_size=64, max_batches=1,
                                            **options), (1, 28, 28))
     t0 = time.perf_counter()
-    model, history, reused = _train_or_load(args, out, train, test)
+    model, history, reused = _train_or_load(args, out, train, test, device)
     train_seconds = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -186,7 +196,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     gen = torch.Generator().manual_seed(args.seed)
     calib_idx = torch.randperm(len(train[1]), generator=gen)[: 256 * args.calib_batches]
-    snn = convert(model, train[0][calib_idx], batch_size=256, max_batches=args.calib_batches, **options)
+    # converted on the CPU (calibration is a few batches), evaluated on the device
+    snn = convert(model.cpu(), train[0][calib_idx], batch_size=256, max_batches=args.calib_batches, **options)
+    snn.to(device)
     res = evaluate_snn(snn, *test, args.T, batch_size=args.eval_batch_size, progress=not args.no_progress)
     snn_acc = {str(t + 1): a for t, a in enumerate(res["accuracy"])}
 
@@ -213,10 +225,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "history": history,
         "environment": environment(),
         "spike_stats": res["spike_stats"],
+        **parallel_info(device),
     }
     if args.pool != "max":
         metrics["pool"] = args.pool
-    nir_export = export_file(args, snn, (1, 28, 28))
+    nir_export = export_file(args, snn.cpu(), (1, 28, 28))
     if nir_export:
         metrics["nir_export"] = nir_export
     plot_spike_stats(res["spike_stats"], out / "spike_stats.png", title=f"LeNet5 on {args.dataset}: converted SNN")

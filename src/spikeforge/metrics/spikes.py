@@ -160,7 +160,7 @@ def synaptic_operations(layer: nn.Module, spikes: torch.Tensor) -> float:
     if isinstance(layer, nn.Linear):
         return float(spikes.sum(dtype=torch.float64)) * layer.out_features
     fmap, _ = fanout_map(layer, tuple(spikes.shape[2:]))
-    per_pos = spikes.sum(dim=(0, 1), dtype=torch.float64)
+    per_pos = spikes.sum(dim=(0, 1), dtype=torch.float64).cpu()
     return float((per_pos * fmap).sum()) * (layer.out_channels // layer.groups)
 
 
@@ -387,7 +387,7 @@ class _Series:
         self.v = torch.zeros(0, dtype=torch.float64)
 
     def add(self, offset: int, values: torch.Tensor | float) -> None:
-        vals = torch.as_tensor(values, dtype=torch.float64).flatten()
+        vals = torch.as_tensor(values, dtype=torch.float64).flatten().cpu()  # counts from any device
         end = offset + vals.numel()
         if end > self.v.numel():
             self.v = torch.cat([self.v, torch.zeros(end - self.v.numel(), dtype=torch.float64)])
@@ -677,9 +677,9 @@ class SpikeStats:
                 per = (xs.sum(dim=2, dtype=torch.float32) / value).round_().sum(1, dtype=torch.float64)
             analog = 0
         else:
-            mask = scale > 0
+            mask = (scale > 0).to(x.device)
             analog = int((~mask).sum())
-            s = scale.to(x.dtype if x.is_floating_point() else torch.float32)
+            s = scale.to(device=x.device, dtype=x.dtype if x.is_floating_point() else torch.float32)
             if fmap is not None:
                 view = s.view(-1, *([1] * (len(sample) - 1)))
                 ev = xs[:, :, mask] / view[mask] if analog else xs / view
@@ -687,6 +687,7 @@ class SpikeStats:
             else:
                 ev = xs[..., mask] / s[mask] if analog else xs / s
                 per = ev.round_().reshape(k, -1).sum(1, dtype=torch.float64)
+        per = per.cpu()  # the fan-out maps live on the CPU
         sops = (per * fmap).reshape(k, -1).sum(1) if fmap is not None else per
         rec.sops.add(self._offset, sops * fan_channels)
         if analog:

@@ -458,6 +458,10 @@ def write_nir(model: nn.Module, path: str | Path, input_shape: tuple[int, ...] |
     nir = require_nir()
     graph = export_nir(model, input_shape, **kwargs)
     path = Path(path)
+    from spikeforge import distributed
+
+    if not distributed.is_main():  # a data-parallel run: rank 0 writes the file
+        return graph
     path.parent.mkdir(parents=True, exist_ok=True)
     nir.write(str(path), graph)
     return graph

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from spikeforge import distributed
 from spikeforge.errors import CheckpointError
 
 __all__ = ["CheckpointError", "last_saved_checkpoint", "load_checkpoint", "load_state", "save_checkpoint"]
@@ -34,9 +35,12 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
 
     The data goes to a temporary file in the same directory, is flushed to disk and
     then renamed over ``path``, so a crash never leaves a half-written checkpoint and
-    the previous one stays intact until the new one is complete.
+    the previous one stays intact until the new one is complete. In a data-parallel
+    run only rank 0 writes (every rank holds the same weights); the others return ``path``.
     """
     path = Path(path)
+    if not distributed.is_main():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
