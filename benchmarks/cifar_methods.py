@@ -14,6 +14,12 @@ SNNs are evaluated on the first ``--n`` images of the same held-out split. A met
 (``mse+potential@8/pc/cb4``).
 Prints, per method, the conversion time and accuracy at T = 1, 2, 4, 8, 16, 32, 64, and
 writes ``methods.json`` into ``--run``.
+
+``--sj 99.9%`` / ``--sj ltb`` (repeatable) also converts the same trained net with
+SpikingJelly 2.0 (its rate-coding recipe at that percentile, or its local-threshold-balancing
+recipe; see ``_peers.py``), on the same calibration images, and evaluates it on the same
+images (the image fed at every step, outputs summed over steps); the last table puts the best
+spikeforge method and the best SpikingJelly recipe side by side at every T.
 """
 
 from __future__ import annotations
@@ -69,6 +75,7 @@ def main() -> int:
     ap.add_argument("--T", type=int, default=64)
     ap.add_argument("--method", action="append", default=[])
     ap.add_argument("--calib-batches", type=int, default=8)
+    ap.add_argument("--sj", action="append", default=[], help="SpikingJelly recipe: a percentile such as 99.9%%, or ltb")
     args = ap.parse_args()
     run = Path(args.run)
     payload = load_checkpoint(run / "model.pt", required=("model", "config"))
@@ -96,7 +103,37 @@ def main() -> int:
                       "snn_accuracy": {str(t + 1): a for t, a in enumerate(acc)}}
         print(f"{text:24s} convert {conv_s:5.0f} s | " + " ".join(f"T{t}={a:.4f} ({100 * (a - ann):+.2f})"
                                                              for t, a in shown.items()), flush=True)
-    out = {"ann_accuracy": ann, "n": len(ys), "methods": rows, "command": " ".join(sys.argv)}
+    sj_rows = {}
+    if args.sj:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from _peers import sj_convert, sj_run
+
+        loader = [(calib[i:i + 256], torch.zeros(len(calib[i:i + 256]), dtype=torch.long))
+                  for i in range(0, len(calib), 256)]
+        for mode in args.sj:
+            t0 = time.perf_counter()
+            sj = sj_convert(model, loader, mode=mode)
+            conv_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            correct = torch.zeros(args.T)
+            for i in range(0, len(ys), 250):
+                out_t = sj_run(sj, xs[i:i + 250], args.T).cumsum(0).argmax(-1)  # [T, n]
+                correct += (out_t == ys[i:i + 250]).float().sum(1)
+            acc = (correct / len(ys)).tolist()
+            shown = {t: acc[t - 1] for t in (1, 2, 4, 8, 16, 32, 64, 128) if t <= args.T}
+            sj_rows[mode] = {"convert_seconds": conv_s, "eval_seconds": time.perf_counter() - t0,
+                             "snn_accuracy": {str(t + 1): a for t, a in enumerate(acc)}}
+            print(f"{'SJ ' + mode:24s} convert {conv_s:5.0f} s | " + " ".join(
+                f"T{t}={a:.4f} ({100 * (a - ann):+.2f})" for t, a in shown.items()), flush=True)
+        print("\nT    best spikeforge (method)              best SpikingJelly (recipe)   difference")
+        for t in (1, 2, 4, 8, 16, 32, 64):
+            if t > args.T:
+                continue
+            sf = max(rows.items(), key=lambda kv: kv[1]["snn_accuracy"][str(t)])
+            pj = max(sj_rows.items(), key=lambda kv: kv[1]["snn_accuracy"][str(t)])
+            a, b = sf[1]["snn_accuracy"][str(t)], pj[1]["snn_accuracy"][str(t)]
+            print(f"{t:<4d} {a:.4f} ({sf[0]:28s}) {b:.4f} ({pj[0]:10s})        {100 * (a - b):+.2f} pt")
+    out = {"ann_accuracy": ann, "n": len(ys), "methods": rows, "spikingjelly": sj_rows, "command": " ".join(sys.argv)}
     (run / "methods.json").write_text(json.dumps(out, indent=1))
     return 0
 
