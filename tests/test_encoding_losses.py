@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from spikeforge.encoding import direct, latency, poisson
-from spikeforge.train.losses import ce_membrane, ce_rate, mse_rate
+from spikeforge.train.losses import ce_membrane, ce_rate, mse_rate, tet
 
 
 def test_direct_repeats_without_copy():
@@ -54,3 +54,20 @@ def test_losses_hand_computed():
         mse_rate(torch.rand(2, 3), y)
     with pytest.raises(ValueError, match="labels"):
         mse_rate(spikes, torch.tensor([0, 1]))
+
+
+def test_tet_and_label_smoothing_hand_computed():
+    mem = torch.tensor([[[0.0, 0.0]], [[1.0, 0.0]]])  # two steps, one sample, two classes
+    y = torch.tensor([0])
+    plain = math.log(2) + math.log(1 + math.exp(-1))
+    assert abs(float(tet(mem, y)) - plain / 2) < 1e-6  # the per-step loss averaged, not summed
+    # smoothing 0.2 over 2 classes: target (0.9, 0.1)
+    smooth = math.log(2) + 0.9 * math.log(1 + math.exp(-1)) + 0.1 * math.log(1 + math.exp(1))
+    assert abs(float(ce_membrane(mem, y, label_smoothing=0.2)) - smooth) < 1e-6
+    assert abs(float(tet(mem, y, label_smoothing=0.2)) - smooth / 2) < 1e-6
+    spikes = torch.tensor([[[1.0, 0.0]], [[1.0, 1.0]]])  # rates 1, 0.5 -> logits 2, 1
+    rate = 0.9 * math.log(1 + math.exp(-1)) + 0.1 * math.log(1 + math.exp(1))
+    assert abs(float(ce_rate(spikes, y, scale=2.0, label_smoothing=0.2)) - rate) < 1e-6
+    for bad in (1.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="label_smoothing"):
+            tet(mem, y, label_smoothing=bad)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from spikeforge.cli import main
+from spikeforge.experiments.direct_train import RECIPES
 from spikeforge.models import create_model
 from spikeforge.train import CheckpointError, load_checkpoint
 from spikeforge.train.snn import SNNTrainConfig, fit_snn
@@ -76,9 +77,9 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     real = loop.loss_of
     calls = {"n": 0}
 
-    def flaky(out, y, loss):
+    def flaky(out, y, loss, *rest):
         calls["n"] += 1
-        value = real(out, y, loss)
+        value = real(out, y, loss, *rest)
         return value * float("nan") if calls["n"] == 3 else value
 
     monkeypatch.setattr(loop, "loss_of", flaky)
@@ -111,7 +112,11 @@ def test_experiments_end_to_end(tmp_path, capsys):
     assert main(args) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= m["test_accuracy"] <= 1.0 and len(m["history"]) == 1
-    assert m["training"]["bf16"] is False and m["training"]["channels_last"] is True
+    # the tuned recipe's settings (digits: never flipped)
+    tuned = RECIPES["csnn"]["tuned"]
+    assert m["training"]["bf16"] is tuned["bf16"] and m["training"]["channels_last"] is tuned["channels_last"]
+    assert m["training"]["augment"] is (tuned["augment"] is not None) and m["training"]["augment_flip"] is False
+    assert m["recipe"] == {"name": "tuned", "overridden": ["epochs"]}
     for f in ("curves.png", "predictions.png", "report.md", "checkpoint.pt"):
         assert (out / f).stat().st_size > 0
     assert main(args + ["--resume"]) == 0  # already complete: resumes, trains nothing, rewrites outputs
@@ -157,3 +162,99 @@ def test_fc_lif_dropout_silences_whole_neurons_only_in_training():
     assert torch.equal(seen["in2"], seen["s1"])
     with pytest.raises(ValueError, match="dropout"):
         create_model("fc-lif", dropout=1.0)
+
+
+def _settings(name, *argv):
+    import argparse
+
+    from spikeforge.experiments.direct_train import _adder, resolve_settings
+
+    p = argparse.ArgumentParser()
+    _adder(name)(p)
+    return resolve_settings(name, p.parse_args(list(argv)))
+
+
+def test_recipes_seed_tuned_and_explicit_options(monkeypatch):
+    from spikeforge.errors import ConfigError
+    from spikeforge.experiments.direct_train import RECIPES
+
+    seed, over = _settings("csnn", "--recipe", "seed", "--dataset", "fashion-mnist")
+    assert over == [] and seed["augment"] is None and seed["bf16"] is False
+    assert {k: seed[k] for k in ("optimizer", "lr", "loss", "epochs", "T")} == dict(
+        optimizer="sgd", lr=0.1, loss="mse-rate", epochs=64, T=4)
+    # a recipe's augmentation follows the data set: clothing is flipped, digits are not
+    monkeypatch.setitem(RECIPES["csnn"]["tuned"], "augment", {"digits": (1, False), "clothing": (1, True)})
+    monkeypatch.setitem(RECIPES["csnn"]["tuned"], "bf16", True)
+    clothing, _ = _settings("csnn", "--dataset", "fashion-mnist")
+    digits, _ = _settings("csnn", "--dataset", "mnist")
+    assert clothing["augment"] == (1, True) and digits["augment"] == (1, False) and clothing["bf16"] is True
+    shift = 1
+    # explicit options win and are named
+    s, over = _settings("csnn", "--dataset", "fashion-mnist", "--lr", "0.05", "--no-augment-flip", "--no-bf16")
+    assert s["lr"] == 0.05 and s["augment"] == (shift, False) and s["bf16"] is False
+    assert over == ["lr", "bf16", "augment"]
+    s, over = _settings("fc-lif", "--recipe", "seed", "--dataset", "fashion-mnist", "--augment")
+    assert s["augment"] == (2, True) and over == ["augment"]  # the data set's kind when the recipe has none
+    assert _settings("fc-lif", "--recipe", "seed", "--augment-shift", "3")[0]["augment"] == (3, False)
+    s, _ = _settings("fc-lif", "--surrogate", "fast-sigmoid")
+    assert s["surrogate_slope"] is None  # another surrogate keeps its own default shape
+    with pytest.raises(ConfigError, match="--no-augment"):
+        _settings("csnn", "--no-augment", "--augment-shift", "1")
+    with pytest.raises(ConfigError, match="nothing to do"):
+        _settings("csnn", "--augment-shift", "0", "--no-augment-flip")
+    with pytest.raises(ConfigError, match="--label-smoothing.*mse-rate"):
+        _settings("fc-poisson", "--recipe", "seed", "--label-smoothing", "0.1")
+
+
+def test_seed_recipe_end_to_end_and_bad_values(tmp_path, capsys):
+    out = tmp_path / "seed"
+    assert main(["run", "fc-lif", "--recipe", "seed", "--epochs", "1", "--train-limit", "100", "--hidden", "8",
+                 "--T", "3", "--out", str(out), "--no-progress"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["recipe"] == {"name": "seed", "overridden": ["T", "epochs"]}
+    t = m["training"]
+    assert (t["optimizer"], t["lr"], t["schedule"], t["augment"], t["label_smoothing"]) == ("adam", 1e-3, "none",
+                                                                                             False, 0.0)
+    report = (out / "report.md").read_text()
+    assert "Recipe **seed**" in report and "| schedule | none |" in report
+    for opt, value in [("--label-smoothing", "1"), ("--label-smoothing", "nan"), ("--surrogate-slope", "0"),
+                       ("--recipe", "best"), ("--optimizer", "rmsprop")]:
+        assert main(["run", "fc-lif", opt, value, "--out", str(tmp_path / "bad")]) == 2
+        err = capsys.readouterr().err
+        assert opt in err and "Traceback" not in err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_label_smoothing_adamw_flip_and_slope_reach_training():
+    from spikeforge.errors import ConfigError
+    from spikeforge.surrogate import ATan
+
+    with pytest.raises(ConfigError, match="label smoothing"):
+        _cfg(loss="mse-rate", label_smoothing=0.1).validate()
+    with pytest.raises(ConfigError, match="label_smoothing"):
+        _cfg(label_smoothing=1.0).validate()
+    model = create_model("fc-lif", hidden=16, T=3, surrogate_slope=4.0)
+    assert model.lif1.surrogate == ATan(4.0) and model.lif2.surrogate == ATan(4.0)
+    assert create_model("csnn", channels=2, T=1, surrogate_slope=3.0).sn4.surrogate == ATan(3.0)
+    from spikeforge.train.snn import _make_optimizer
+
+    opt, _ = _make_optimizer(create_model("fc-lif", hidden=8, T=2), _cfg(optimizer="adamw", weight_decay=0.5), 1)
+    assert type(opt) is torch.optim.AdamW and opt.defaults["weight_decay"] == 0.5
+    # the smoothing reaches the training loss: same seed and data, another loss value
+    losses = []
+    for eps in (0.0, 0.2):
+        torch.manual_seed(0)
+        hist = fit_snn(create_model("fc-lif", hidden=8, T=2), _data(32), None, _cfg(epochs=1, label_smoothing=eps),
+                       progress=False)
+        losses.append(hist[0]["train_loss"])
+    assert losses[1] != pytest.approx(losses[0], rel=1e-3)
+
+
+def test_augment_flip_off_never_mirrors():
+    from spikeforge.data.augment import random_crop_flip
+
+    x = torch.zeros(64, 1, 6, 6)
+    x[:, 0, :, 0] = 1.0  # a bright left column: a flip would move it to the right edge
+    g = torch.Generator().manual_seed(0)
+    assert random_crop_flip(x, pad=0, flip=False, generator=g)[:, 0, :, 5].sum() == 0
+    assert random_crop_flip(x, pad=0, flip=True, generator=g)[:, 0, :, 5].sum() > 0

@@ -30,59 +30,120 @@ from spikeforge.metrics.spikes import SpikeStats, spike_stats_table
 from spikeforge.models import create_model
 from spikeforge.nir.cli import add_export_argument, check_exportable, export_file
 from spikeforge.plots import plot_curves, plot_history, plot_predictions, plot_spike_stats, plot_sweep
-from spikeforge.train.losses import LOSSES
-from spikeforge.train.snn import SNNTrainConfig, fit_snn, predict
+from spikeforge.train.losses import LOSSES, SMOOTHABLE
+from spikeforge.train.snn import OPTIMIZERS, SNNTrainConfig, fit_snn, predict
 
-DEFAULTS: dict[str, dict[str, Any]] = {
-    # the seed's fixed Adam 1e-3 plateaus and oscillates (85.7% after 10 epochs on Fashion-MNIST);
-    # a cosine decay over 30 epochs settles at 88.8% (benchmarks/RESULTS.md)
-    "fc-lif": dict(T=25, epochs=30, batch_size=128, optimizer="adam", lr=1e-3, schedule="cosine", loss="ce-membrane",
-                   channels_last=False),
-    "fc-poisson": dict(T=100, epochs=10, batch_size=64, optimizer="adam", lr=1e-3, schedule="none", loss="mse-rate",
-                       channels_last=False),
-    # channels-last float32 is the fastest CSNN setting measured here (benchmarks/RESULTS.md):
-    # bfloat16 autocast made the convolutions and the 3136x1024 matmul slower on this CPU.
-    "csnn": dict(T=4, epochs=20, batch_size=64, optimizer="sgd", lr=0.1, schedule="cosine", loss="mse-rate",
-                 channels_last=True),
+#: Data-set families for the augmentation of the tuned recipes: digits are not mirror
+#: symmetric (no flips), clothing is (flips); both get small translations.
+FAMILY = {"mnist-sample": "digits", "mnist": "digits", "fashion-mnist": "clothing"}
+
+#: Training recipes per experiment; explicit options win over them (``--recipe`` picks one).
+#:
+#: * ``seed`` — the seed's settings (seed 002 for fc-lif, seed 004 for fc-poisson and csnn):
+#:   constant Adam 1e-3 (fc-lif, fc-poisson), SGD 0.1 momentum 0.9 with a cosine decay
+#:   (csnn), the seed's losses and epochs, no augmentation, float32. Where the seed does
+#:   not state a value the recipe says which one it took (``NOTES``).
+#: * ``tuned`` — chosen by measurement (benchmarks/RESULTS.md, "Issue 17").
+#:
+#: ``augment`` maps a data-set family to ``(largest shift in pixels, horizontal flip)``;
+#: None trains on the images as they are.
+RECIPES: dict[str, dict[str, dict[str, Any]]] = {
+    "fc-lif": {
+        "seed": dict(T=25, epochs=10, batch_size=128, optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="none",
+                     loss="ce-membrane", label_smoothing=0.0, surrogate="atan", surrogate_slope=2.0, augment=None,
+                     bf16=False, channels_last=False),
+        "tuned": dict(T=25, epochs=30, batch_size=128, optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="cosine",
+                      loss="ce-membrane", label_smoothing=0.0, surrogate="atan", surrogate_slope=2.0, augment=None,
+                      bf16=False, channels_last=False),
+    },
+    "fc-poisson": {
+        "seed": dict(T=100, epochs=100, batch_size=128, optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="none",
+                     loss="mse-rate", label_smoothing=0.0, surrogate="atan", surrogate_slope=2.0, augment=None,
+                     bf16=False, channels_last=False),
+        "tuned": dict(T=100, epochs=10, batch_size=64, optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="none",
+                      loss="mse-rate", label_smoothing=0.0, surrogate="atan", surrogate_slope=2.0, augment=None,
+                      bf16=False, channels_last=False),
+    },
+    "csnn": {
+        "seed": dict(T=4, epochs=64, batch_size=64, optimizer="sgd", lr=0.1, weight_decay=0.0, schedule="cosine",
+                     loss="mse-rate", label_smoothing=0.0, surrogate="atan", surrogate_slope=2.0, augment=None,
+                     bf16=False, channels_last=True),
+        "tuned": dict(T=4, epochs=20, batch_size=64, optimizer="sgd", lr=0.1, weight_decay=0.0, schedule="cosine",
+                      loss="mse-rate", label_smoothing=0.0, surrogate="atan", surrogate_slope=2.0, augment=None,
+                      bf16=False, channels_last=True),
+    },
 }
+#: Where a seed recipe's value is not stated by the seed, what it was taken from.
+NOTES = {
+    "fc-lif": "seed 002 states β=0.95, 500 hidden, T=25, Adam 1e-3 and snnTorch's built-in surrogate (ATan α=2) but "
+              "no epoch count or batch size: 10 epochs (issue 3's seed-settings run) and snnTorch's batch of 128",
+    "fc-poisson": "seed 004 (part 1): τ=2, T=100, 100 epochs, batch 128, Adam 1e-3, MSE on the rate, ATan",
+    "csnn": "seed 004 (part 2): T=4, 64 channels, SGD 0.1 momentum 0.9, 64 epochs, MSE on the rate, ATan; "
+            "the cosine decay over the epochs is SpikingJelly's tutorial, which the seed follows; batch 64 "
+            "(not stated) as in every earlier csnn run here",
+}
+RECIPE_NAMES = ("tuned", "seed")
 DESCRIPTIONS = {
     "fc-lif": "train 784-500-10 LIF (seed 002) with BPTT; --sweep over beta and hidden size",
     "fc-poisson": "train 784-10 LIF with Poisson input, MSE on rate (seed 004, part 1)",
     "csnn": "train the convolutional SNN of seed 004 (T=4, direct input, SGD + cosine)",
 }
+#: The options a recipe sets (its keys), as the ``argparse`` destinations.
+_RECIPE_KEYS = tuple(RECIPES["csnn"]["seed"])
 
 
 #: ``--betas``: decays in [0, 1]; ``--hiddens``: hidden sizes (both non-empty lists).
 _float_list = number_list(unit_interval, "decays in [0, 1]")
 _int_list = number_list(integer(1, 1_000_000), "positive hidden sizes")
+_slope = number(0, 1e6, lo_open=True, what="a surrogate slope in (0, 1e6]")
+_smoothing = number(0, 1, hi_open=True, what="a label smoothing in [0, 1)")
 
 
 def _adder(name: str):
-    d = DEFAULTS[name]
-
     def add_arguments(p: argparse.ArgumentParser) -> None:
+        tuned = RECIPES[name]["tuned"]
         p.add_argument("--dataset", default="mnist-sample", choices=GRAYSCALE_28)
         p.add_argument("--data-dir", default=None, help="folder with the dataset files")
         add_val_split_argument(p)
         p.add_argument("--out", default=f"runs/{name}")
-        p.add_argument("--epochs", type=integer(1, 1_000_000), default=d["epochs"])
-        p.add_argument("--T", type=integer(1, 100_000), default=d["T"], help="time steps")
-        p.add_argument("--batch-size", type=positive_int, default=d["batch_size"])
-        p.add_argument("--optimizer", choices=("adam", "sgd"), default=d["optimizer"])
-        p.add_argument("--lr", type=learning_rate, default=d["lr"])
-        p.add_argument("--schedule", choices=("none", "cosine"), default=d["schedule"])
-        p.add_argument("--loss", choices=tuple(LOSSES), default=d["loss"])
+        p.add_argument("--recipe", choices=RECIPE_NAMES, default="tuned",
+                       help="training settings: 'tuned' (chosen by measurement, the default) or 'seed' (the seed's); "
+                            "the options below override single settings of either")
+        p.add_argument("--epochs", type=integer(1, 1_000_000), default=None, help=f"(tuned: {tuned['epochs']})")
+        p.add_argument("--T", type=integer(1, 100_000), default=None, help=f"time steps (tuned: {tuned['T']})")
+        p.add_argument("--batch-size", type=positive_int, default=None, help=f"(tuned: {tuned['batch_size']})")
+        p.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
+                       help=f"adamw: Adam with decoupled weight decay (tuned: {tuned['optimizer']})")
+        p.add_argument("--lr", type=learning_rate, default=None, help=f"(tuned: {tuned['lr']:g})")
+        p.add_argument("--schedule", choices=("none", "cosine"), default=None, help=f"(tuned: {tuned['schedule']})")
+        p.add_argument("--loss", choices=tuple(LOSSES), default=None,
+                       help=f"tet: the per-step cross-entropy averaged over steps (tuned: {tuned['loss']})")
+        p.add_argument("--label-smoothing", type=_smoothing, default=None,
+                       help=f"for the cross-entropy losses (tuned: {tuned['label_smoothing']:g})")
         p.add_argument("--seed", type=seed_int, default=0)
         p.add_argument("--train-limit", type=positive_int, default=None, help="use only the first N training images")
         p.add_argument("--resume", action="store_true", help="continue from checkpoint.pt in --out")
         p.add_argument("--no-progress", action="store_true")
-        p.add_argument("--surrogate", choices=("atan", "sigmoid", "fast-sigmoid", "triangle"), default=None)
-        p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (spikes are exact in bf16)")
-        p.add_argument("--augment", action="store_true",
-                       help="random horizontal flip and shift (--augment-shift pixels) of the training images")
-        p.add_argument("--augment-shift", type=integer(0, 27), default=2,
-                       help="largest shift of --augment, pixels (0 = flip only)")
-        p.add_argument("--weight-decay", type=nonnegative_float, default=0.0)
+        p.add_argument("--surrogate", choices=("atan", "sigmoid", "fast-sigmoid", "triangle"), default=None,
+                       help=f"(tuned: {tuned['surrogate']})")
+        p.add_argument("--surrogate-slope", type=_slope, default=None,
+                       help="shape of the surrogate: ATan/Sigmoid alpha, FastSigmoid slope, Triangle width "
+                            f"(tuned: {tuned['surrogate_slope']:g} with {tuned['surrogate']})")
+        p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                       help=f"bfloat16 autocast (spikes are exact in bf16; tuned: {'on' if tuned['bf16'] else 'off'})")
+        p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                       help=f"channels-last memory layout (tuned: {'on' if tuned['channels_last'] else 'off'})")
+        p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                       help="random shifts (and, for clothing, horizontal flips) of the training images; "
+                            "tuned: " + ("off" if tuned["augment"] is None else
+                                         ", ".join(f"{fam} ±{sh} px{' + flip' if fl else ''}"
+                                                   for fam, (sh, fl) in tuned["augment"].items())))
+        p.add_argument("--augment-shift", type=integer(0, 27), default=None,
+                       help="largest shift of the augmentation, pixels (0 = none)")
+        p.add_argument("--augment-flip", action=argparse.BooleanOptionalAction, default=None,
+                       help="horizontal flips in the augmentation")
+        p.add_argument("--weight-decay", type=nonnegative_float, default=None,
+                       help=f"(tuned: {tuned['weight_decay']:g})")
         add_export_argument(p)
         if name == "fc-lif":
             p.add_argument("--beta", type=unit_interval, default=0.95, help="membrane decay β in [0, 1]")
@@ -102,10 +163,57 @@ def _adder(name: str):
     return add_arguments
 
 
+def resolve_settings(name: str, args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
+    """The settings of this run: the ``--recipe``'s, with every explicitly given option in
+    their place; returns them and the names of the options that overrode the recipe.
+
+    The recipe's augmentation is resolved for the data set's family; ``augment`` becomes
+    ``(shift, flip)`` or None.
+    """
+    recipe = RECIPES[name][args.recipe]
+    settings: dict[str, Any] = {}
+    overrides: list[str] = []
+    for key in _RECIPE_KEYS:
+        given = getattr(args, key, None)
+        if key == "augment":
+            continue
+        if given is None:
+            settings[key] = recipe[key]
+        else:
+            settings[key] = given
+            if given != recipe[key]:
+                overrides.append(key)
+    if args.surrogate is not None and args.surrogate != recipe["surrogate"] and args.surrogate_slope is None:
+        settings["surrogate_slope"] = None  # another surrogate: its own default shape
+    planned = recipe["augment"][FAMILY[args.dataset]] if recipe["augment"] else None
+    shift_given, flip_given = args.augment_shift is not None, args.augment_flip is not None
+    if args.augment is False and (shift_given or flip_given):
+        raise ConfigError("--augment-shift/--augment-flip set the augmentation that --no-augment turns off")
+    on = args.augment if args.augment is not None else (planned is not None or shift_given or flip_given)
+    if on:
+        # the data set's kind of augmentation (digits: shifts only; clothing: shifts + flips) unless told
+        shift, flip = planned or ((2, False) if FAMILY[args.dataset] == "digits" else (2, True))
+        shift = args.augment_shift if shift_given else shift
+        flip = args.augment_flip if flip_given else flip
+        if shift == 0 and not flip:
+            raise ConfigError("the augmentation has nothing to do: --augment-shift 0 with --no-augment-flip "
+                              "(use --no-augment)")
+        settings["augment"] = (shift, flip)
+    else:
+        settings["augment"] = None
+    if settings["augment"] != (tuple(planned) if planned else None):
+        overrides.append("augment")
+    if settings["label_smoothing"] and settings["loss"] not in SMOOTHABLE:
+        raise ConfigError(f"--label-smoothing applies to the cross-entropy losses ({', '.join(SMOOTHABLE)}), "
+                          f"not to --loss {settings['loss']}" + (" (the recipe's loss)" if args.loss is None else ""))
+    return settings, overrides
+
+
 def _model_config(name: str, args: argparse.Namespace, **override: Any) -> dict[str, Any]:
-    cfg: dict[str, Any] = {"T": args.T}
-    if args.surrogate:
-        cfg["surrogate"] = args.surrogate
+    st = args.settings
+    cfg: dict[str, Any] = {"T": st["T"], "surrogate": st["surrogate"]}
+    if st["surrogate_slope"] is not None:
+        cfg["surrogate_slope"] = st["surrogate_slope"]
     if name == "fc-lif":
         cfg.update(beta=args.beta, hidden=args.hidden)
         if args.dropout:
@@ -121,11 +229,13 @@ def _model_config(name: str, args: argparse.Namespace, **override: Any) -> dict[
 
 
 def _train_config(name: str, args: argparse.Namespace) -> SNNTrainConfig:
+    st = args.settings
+    shift, flip = st["augment"] or (0, False)
     return SNNTrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
-        schedule=args.schedule, loss=args.loss, seed=args.seed, bf16=args.bf16,
-        augment=args.augment, augment_pad=args.augment_shift, weight_decay=args.weight_decay,
-        channels_last=DEFAULTS[name]["channels_last"],
+        epochs=st["epochs"], batch_size=st["batch_size"], optimizer=st["optimizer"], lr=st["lr"],
+        schedule=st["schedule"], loss=st["loss"], label_smoothing=st["label_smoothing"], seed=args.seed,
+        bf16=st["bf16"], augment=st["augment"] is not None, augment_pad=shift, augment_flip=flip,
+        weight_decay=st["weight_decay"], channels_last=st["channels_last"],
     )
 
 
@@ -175,6 +285,7 @@ def _train_one(name, args, out: Path, model_cfg, train, test, classes) -> dict[s
         "history": history,
         "model": {"name": name, **model_cfg},
         "training": asdict(cfg),
+        "recipe": {"name": args.recipe, "overridden": list(args.overrides)},
         "environment": environment(),
     }
     if last_stats:
@@ -199,6 +310,7 @@ def _report(m: dict[str, Any]) -> str:
         + ", ".join(f"{k}={v}" for k, v in m["model"].items()) + ". Training: "
         + ", ".join(f"{k}={v}" for k, v in m["training"].items()) + ".",
         "",
+        *_recipe_lines(m),
         f"**Test accuracy {m['test_accuracy']:.4f}** after {m['epochs']} epochs "
         f"(best {m['best_test_accuracy']:.4f}; train {m['train_accuracy']:.4f}); "
         f"training time {m['train_seconds']:.0f} s on {m['environment']['threads']} threads.",
@@ -223,6 +335,38 @@ def _report(m: dict[str, Any]) -> str:
     if m.get("nir_export"):
         lines += [f"NIR graph written to `{m['nir_export']['path']}` (its input: {m['nir_export']['input']}).", ""]
     return "\n".join(lines)
+
+
+def _show(key: str, value: Any) -> str:
+    if key == "augment":
+        return "none" if value is None else f"±{value[0]} px" + (" + flip" if value[1] else "")
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _recipe_lines(m: dict[str, Any]) -> list[str]:
+    """The settings of both recipes for this experiment and data set beside this run's."""
+    name, recipe = m["experiment"], m.get("recipe", {}).get("name", "tuned")
+    fam = FAMILY.get(m["dataset"], "digits")
+    tr, model = m["training"], m["model"]
+    used = {**{k: tr[k] for k in ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule", "loss",
+                                  "label_smoothing", "bf16", "channels_last")},
+            "T": model["T"], "surrogate": model.get("surrogate", "atan"),
+            "surrogate_slope": model.get("surrogate_slope"),
+            "augment": (tr["augment_pad"], tr["augment_flip"]) if tr["augment"] else None}
+    rows = [f"Recipe **{recipe}** (`--recipe {recipe}`)"
+            + (f"; overridden by options: {', '.join(m['recipe']['overridden'])}" if m["recipe"]["overridden"] else "")
+            + f". Settings of both recipes for {name} on {m['dataset']} ({fam}) and of this run "
+            f"(seed recipe: {NOTES[name]}):", "",
+            "| setting | seed | tuned | this run |", "|---|---|---|---|"]
+    for key in _RECIPE_KEYS:
+        vals = []
+        for r in ("seed", "tuned"):
+            v = RECIPES[name][r][key]
+            vals.append(_show(key, tuple(v[fam]) if key == "augment" and v else v))
+        rows.append(f"| {key} | {vals[0]} | {vals[1]} | {_show(key, used[key])} |")
+    return rows + [""]
 
 
 def _sweep(args: argparse.Namespace, out: Path, train, test, classes) -> dict[str, Any]:
@@ -252,7 +396,7 @@ def _sweep(args: argparse.Namespace, out: Path, train, test, classes) -> dict[st
     metrics = {
         "experiment": "fc-lif-sweep", "command": command_line(), "dataset": args.dataset,
         "eval_split": eval_split_name(args.val_split),
-        "test_accuracy": best["test_accuracy"], "best": best, "sweep": rows, "epochs": args.epochs,
+        "test_accuracy": best["test_accuracy"], "best": best, "sweep": rows, "epochs": args.settings["epochs"],
         "environment": environment(),
     }
     table = ["| β \\ hidden | " + " | ".join(str(h) for h in args.hiddens) + " |",
@@ -262,7 +406,8 @@ def _sweep(args: argparse.Namespace, out: Path, train, test, classes) -> dict[st
         table.append(f"| {beta:g} | " + " | ".join(f"{a:.4f}" for a in accs) + " |")
     report = "\n".join([
         "# fc-lif sweep: decay β × hidden size", "", f"Command: `{metrics['command']}`", "",
-        f"Dataset **{args.dataset}**, {args.epochs} epochs per point, T={args.T}. Test accuracy:", "",
+        f"Dataset **{args.dataset}**, {args.settings['epochs']} epochs per point, T={args.settings['T']} "
+        f"(recipe {args.recipe}). Test accuracy:", "",
         *table, "", f"Best: β={best['beta']:g}, hidden={best['hidden']}: {best['test_accuracy']:.4f}.", "",
         "![accuracy vs beta](sweep_beta.png)", "", "![accuracy vs hidden](sweep_hidden.png)", "",
         "![test accuracy per epoch](sweep_curves.png)", "",
@@ -274,6 +419,7 @@ def _sweep(args: argparse.Namespace, out: Path, train, test, classes) -> dict[st
 
 def _runner(name: str):
     def run(args: argparse.Namespace) -> dict[str, Any]:
+        args.settings, args.overrides = resolve_settings(name, args)
         out = prepare_out_dir(args.out)
         if args.resume and not (name == "fc-lif" and args.sweep) and not (out / "checkpoint.pt").is_file():
             raise CheckpointError(f"--resume: no checkpoint to resume from in --out {out} "
@@ -296,5 +442,5 @@ def _runner(name: str):
 
 
 EXPERIMENTS = [
-    Experiment(name=n, description=DESCRIPTIONS[n], add_arguments=_adder(n), run=_runner(n)) for n in DEFAULTS
+    Experiment(name=n, description=DESCRIPTIONS[n], add_arguments=_adder(n), run=_runner(n)) for n in RECIPES
 ]

@@ -20,6 +20,19 @@ from torch import nn
 from spikeforge.encoding import ENCODERS, latency, poisson
 from spikeforge.models.registry import register_model
 from spikeforge.neurons import IF, LIF, reset_states
+from spikeforge.surrogate import SURROGATES, Surrogate, get_surrogate
+
+
+def make_surrogate(name: str | Surrogate, slope: float | None = None) -> Surrogate:
+    """The surrogate ``name`` with its shape parameter set to ``slope`` (ATan/Sigmoid α,
+    FastSigmoid k, Triangle width); ``slope=None`` keeps the surrogate's default."""
+    if slope is None:
+        return get_surrogate(name)
+    if isinstance(name, Surrogate):
+        raise ValueError("give surrogate_slope with a surrogate name, not a Surrogate object")
+    if str(name).lower() not in SURROGATES:
+        raise ValueError(f"unknown surrogate {name!r}; choose from {', '.join(SURROGATES)}")
+    return SURROGATES[str(name).lower()](slope)
 
 
 class SNNOutput(NamedTuple):
@@ -80,12 +93,13 @@ class FCLIF(SpikingNet):
     def __init__(
         self, in_features: int = 784, hidden: int = 500, num_classes: int = 10, *, beta: float = 0.95,
         T: int = 25, encoder: str = "direct", surrogate: str = "atan", threshold: float = 1.0,
-        detach_reset: bool = True, dropout: float = 0.0, reset: str = "subtract",
+        detach_reset: bool = True, dropout: float = 0.0, reset: str = "subtract", surrogate_slope: float | None = None,
     ) -> None:
         super().__init__(T=T, encoder=encoder, input_shape=(in_features,))
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        opts = dict(threshold=threshold, surrogate=surrogate, detach_reset=detach_reset, reset=reset)
+        opts = dict(threshold=threshold, surrogate=make_surrogate(surrogate, surrogate_slope),
+                    detach_reset=detach_reset, reset=reset)
         self.fc1 = nn.Linear(in_features, hidden)
         self.lif1 = LIF(beta, **opts)
         self.dropout = float(dropout)
@@ -121,11 +135,12 @@ class FCPoisson(SpikingNet):
 
     def __init__(
         self, in_features: int = 784, num_classes: int = 10, *, tau: float = 2.0, T: int = 100,
-        encoder: str = "poisson", surrogate: str = "atan",
+        encoder: str = "poisson", surrogate: str = "atan", surrogate_slope: float | None = None,
     ) -> None:
         super().__init__(T=T, encoder=encoder, input_shape=(in_features,))
         self.fc = nn.Linear(in_features, num_classes, bias=False)
-        self.lif = LIF(tau=tau, decay_input=True, reset="zero", surrogate=surrogate, keep_membrane=True)
+        self.lif = LIF(tau=tau, decay_input=True, reset="zero", surrogate=make_surrogate(surrogate, surrogate_slope),
+                       keep_membrane=True)
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> SNNOutput:
         x = self._check_input(x)
@@ -153,12 +168,13 @@ class CSNN(SpikingNet):
 
     def __init__(
         self, in_channels: int = 1, channels: int = 64, num_classes: int = 10, *, T: int = 4,
-        encoder: str = "direct", surrogate: str = "atan", image_size: int = 28,
+        encoder: str = "direct", surrogate: str = "atan", image_size: int = 28, surrogate_slope: float | None = None,
     ) -> None:
         super().__init__(T=T, encoder=encoder, input_shape=(in_channels, image_size, image_size))
         if image_size % 4:
             raise ValueError(f"image_size must be a multiple of 4, got {image_size}")
         C = channels
+        surrogate = make_surrogate(surrogate, surrogate_slope)  # type: ignore[assignment]
         self.conv1 = nn.Conv2d(in_channels, C, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(C)
         self.sn1 = IF(surrogate=surrogate)

@@ -28,9 +28,10 @@ from spikeforge.errors import ConfigError, DataError
 from spikeforge.progress import progress as progress_bar
 from spikeforge.train.checkpoint import CheckpointError, load_checkpoint, load_state, save_checkpoint
 from spikeforge.train.divergence import MAX_LR, check_loss, check_weights
-from spikeforge.train.losses import LOSSES
+from spikeforge.train.losses import LOSSES, MEMBRANE_LOSSES, SMOOTHABLE
 
 CHECKPOINT = "checkpoint.pt"
+OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
 @dataclass
@@ -39,29 +40,36 @@ class SNNTrainConfig:
 
     epochs: int = 10
     batch_size: int = 128
-    optimizer: str = "adam"  # adam | sgd
+    optimizer: str = "adam"  # adam | adamw (decoupled weight decay) | sgd
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 0.0
     schedule: str = "none"  # none | cosine
-    loss: str = "ce-membrane"  # ce-membrane | mse-rate | ce-rate
+    loss: str = "ce-membrane"  # ce-membrane | tet | mse-rate | ce-rate
+    label_smoothing: float = 0.0  # cross-entropy losses only (ce-membrane, tet, ce-rate)
     seed: int = 0
     bf16: bool = False  # bfloat16 autocast (CPU)
     channels_last: bool = False
-    augment: bool = False  # random shift by up to augment_pad pixels + horizontal flip (image inputs)
+    augment: bool = False  # random shift by up to augment_pad pixels (+ horizontal flip if augment_flip)
     augment_pad: int = 2
+    augment_flip: bool = True
     eval_batch_size: int = 500
 
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
             raise ConfigError("epochs, batch_size and eval_batch_size must be >= 1, got "
                               f"{self.epochs}, {self.batch_size}, {self.eval_batch_size}")
-        if self.optimizer not in ("adam", "sgd"):
-            raise ConfigError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.schedule not in ("none", "cosine"):
             raise ConfigError(f"schedule must be 'none' or 'cosine', got {self.schedule!r}")
         if self.loss not in LOSSES:
             raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if not (math.isfinite(self.label_smoothing) and 0 <= self.label_smoothing < 1):
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.label_smoothing and self.loss not in SMOOTHABLE:
+            raise ConfigError(f"label smoothing applies to the cross-entropy losses ({', '.join(SMOOTHABLE)}), "
+                              f"not {self.loss!r}")
         if self.augment_pad < 0:
             raise ConfigError(f"augment_pad must be >= 0, got {self.augment_pad}")
         if not (math.isfinite(self.lr) and 0 < self.lr <= MAX_LR):
@@ -76,13 +84,16 @@ def _autocast(cfg: SNNTrainConfig):
     return torch.autocast("cpu", dtype=torch.bfloat16) if cfg.bf16 else contextlib.nullcontext()
 
 
-def loss_of(out: Any, y: torch.Tensor, loss: str) -> torch.Tensor:
+def loss_of(out: Any, y: torch.Tensor, loss: str, label_smoothing: float = 0.0) -> torch.Tensor:
     """Apply the named loss to a network's :class:`~spikeforge.models.snn.SNNOutput`."""
-    if loss == "ce-membrane":
+    kw = {"label_smoothing": label_smoothing} if label_smoothing else {}
+    if kw and loss not in SMOOTHABLE:
+        raise ValueError(f"label smoothing applies to {', '.join(SMOOTHABLE)}, not {loss!r}")
+    if loss in MEMBRANE_LOSSES:
         if out.membrane is None:
-            raise ValueError("loss 'ce-membrane' needs the output membrane; the network does not keep it")
-        return LOSSES[loss](out.membrane, y)
-    return LOSSES[loss](out.spikes, y)
+            raise ValueError(f"loss {loss!r} needs the output membrane; the network does not keep it")
+        return LOSSES[loss](out.membrane, y, **kw)
+    return LOSSES[loss](out.spikes, y, **kw)
 
 
 def predict(out: Any) -> torch.Tensor:
@@ -125,7 +136,7 @@ def evaluate_snn_classifier(
     for xb, yb in iterate_batches(images, labels, cfg.eval_batch_size, shuffle=False):
         with _autocast(cfg):
             out = model(xb, generator=gen)
-        total += float(loss_of(out, yb, cfg.loss)) * yb.numel()
+        total += float(loss_of(out, yb, cfg.loss, cfg.label_smoothing)) * yb.numel()
         correct += int((predict(out) == yb).sum())
         n += yb.numel()
     return correct / n, total / n
@@ -134,6 +145,8 @@ def evaluate_snn_classifier(
 def _make_optimizer(model: nn.Module, cfg: SNNTrainConfig, steps_total: int):
     if cfg.optimizer == "adam":
         opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     else:
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs) if cfg.schedule == "cosine" else None
@@ -217,10 +230,10 @@ def fit_snn(
         )
         for i, (xb, yb) in enumerate(bar):
             if cfg.augment:
-                xb = random_crop_flip(xb, pad=cfg.augment_pad, generator=gen)
+                xb = random_crop_flip(xb, pad=cfg.augment_pad, flip=cfg.augment_flip, generator=gen)
             with _autocast(cfg):
                 out = model(xb, generator=gen)
-            loss = loss_of(out, yb, cfg.loss)
+            loss = loss_of(out, yb, cfg.loss, cfg.label_smoothing)
             check_loss(loss, where=f"epoch {epoch}, batch {i + 1}", lr=cfg.lr, kept=_last_good(ckpt, epoch))
             opt.zero_grad(set_to_none=True)
             loss.backward()
