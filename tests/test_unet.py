@@ -333,9 +333,11 @@ def test_qcfs_unet_trains_and_converts_with_its_ceilings(tmp_path):
     assert len(qs) == 10 and not any(isinstance(m, torch.nn.ReLU) for m in net.modules())
     out = tmp_path / "q"
     assert cli_main(["run", "unet-convert", "--quick", "--out", str(out), "--no-progress", "--T", "4",
-                     "--curve-T", "4", "--activation", "qcfs", "--levels", "4", "--max-spikes", "1"]) == 0
+                     "--curve-T", "4", "--activation", "qcfs", "--levels", "4", "--max-spikes", "3",
+                     "--split-threshold"]) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["config"]["activation"] == "qcfs" and m["config"]["levels"] == 4
+    assert m["conversion"]["max_spikes"] == 3 and m["conversion"]["split_threshold"] is True
     assert "QCFS-trained ANN (L=4)" in (out / "report.md").read_text()
     # the checkpoint holds one learnt ceiling per activation
     payload = torch.load(out / "unet.pt", weights_only=True)

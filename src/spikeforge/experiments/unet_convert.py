@@ -143,6 +143,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=False,
                    help="per-channel thresholds (default: one per layer)")
     p.add_argument("--max-spikes", type=integer(1, 1024), default=3, help="burst spikes Γ per step")
+    p.add_argument("--split-threshold", action="store_true",
+                   help="with Γ > 1, threshold λ/Γ: a finer rate code instead of room above λ")
     p.add_argument("--v-init", type=unit_interval, default=0.5, help="initial membrane / threshold, in [0, 1]")
     add_method_arguments(p)
     p.add_argument("--calib-batches", type=positive_int, default=None, help="calibration batches of 8 patches")
@@ -342,7 +344,8 @@ def _report(m: dict[str, Any]) -> str:
 
 def _conversion_options(args: argparse.Namespace) -> dict[str, Any]:
     return dict(percentile=args.percentile, per_channel=args.per_channel, max_spikes=args.max_spikes,
-                v_init=args.v_init, maxpool="lipool", channels_last=True, **method_options(args))
+                v_init=args.v_init, maxpool="lipool", channels_last=True, **method_options(args),
+                **({"split_threshold": True} if args.split_threshold else {}))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
