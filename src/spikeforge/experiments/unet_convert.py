@@ -30,11 +30,16 @@ Defaults per dataset (explicit options win):
 - ``synthetic-em``: 165 + 165 generated slices, a UNet of width 8 and depth 3 (121k
   parameters), 600 steps of 8 patches of 128², fp32 training (~75 s on 2 cores).
 - ``lucchi``: the real-EM recipe (:data:`LUCCHI`), chosen by short comparisons on
-  held-out Lucchi++ training slices (``benchmarks/RESULTS.md``, issue 13).
+  held-out Lucchi++ training slices (``benchmarks/RESULTS.md``, issue 13): width 16,
+  depth 4, 2,000 steps of 8 patches of 256², bf16 training, and QCFS activations (L=8)
+  whose learnt ceilings become the thresholds, converted with Γ = 3 burst spikes at
+  threshold λ/3 (within 0.0002 Jaccard of the ANN at T=32 on 20 held-out slices;
+  ``--activation relu --no-split-threshold`` gives the plain ReLU net and p99 thresholds).
 - ``--quick``: 4 + 2 slices of 96×160, 60 steps, T = 32 (a few seconds; for tests).
 
-Conversion: per-layer 99th-percentile thresholds with burst spikes (Γ = 3), which
-matches the ANN from about 16 steps on. ``--snn-bf16`` runs the SNN's convolutions
+Conversion of ReLU nets: per-layer 99th-percentile thresholds (from ``--calib-patch``
+patches) with burst spikes (Γ = 3, room above λ), which matches the synthetic-set ANN
+from about 16 steps on. ``--snn-bf16`` runs the SNN's convolutions
 in bfloat16 (membranes and sums stay float32; float32 is the reference).
 """
 
@@ -77,18 +82,21 @@ DEFAULTS: dict[str, Any] = dict(
     train_slices=165, test_slices=165, val_slices=0, slice_h=768, slice_w=1024, width=8, depth=3, steps=600,
     batch_size=8, patch=128, lr=3e-3, schedule="onecycle", warmup=0.1, weight_decay=1e-4, augment=True,
     jitter=0.1, bf16=False, T=32, curve_T=256, curve_slices=3, snn_slices=0, ann_slices=0, tile=1024, overlap=32,
-    calib_batches=16, calib_patch=128, examples=3, threads=0,
+    calib_batches=16, calib_patch=128, examples=3, threads=0, activation="relu", levels=8, max_spikes=3,
+    split_threshold=False,
 )
 #: The real-EM recipe for Lucchi++ (768×1024 slices); see benchmarks/RESULTS.md (issue 13).
 LUCCHI: dict[str, Any] = dict(
     DEFAULTS, train_slices=None, test_slices=None, width=16, depth=4, steps=2000, batch_size=8, patch=256,
-    lr=3e-3, schedule="cosine", warmup=0.05, bf16=True,
+    lr=3e-3, schedule="cosine", warmup=0.05, bf16=True, activation="qcfs", levels=8, max_spikes=3,
+    split_threshold=True,
 )
 QUICK: dict[str, Any] = dict(
     train_slices=4, test_slices=2, val_slices=0, slice_h=96, slice_w=160, width=8, depth=3, steps=60,
     batch_size=4, patch=64, lr=1e-2, schedule="onecycle", warmup=0.1, weight_decay=1e-4, augment=True, jitter=0.1,
     bf16=False, T=32, curve_T=32, curve_slices=1, snn_slices=0, ann_slices=0, tile=96, overlap=16,
-    calib_batches=2, calib_patch=64, examples=1, threads=1,
+    calib_batches=2, calib_patch=64, examples=1, threads=1, activation="relu", levels=8, max_spikes=3,
+    split_threshold=False,
 )
 #: Seed 003's SNN Dice ("accuracy") on Lucchi, for reference in the report.
 SEED_DICE = {2: 0.1035, 4: 0.2891, 8: 0.3449, 16: 0.4572, 32: 0.5919, 64: 0.7038, 128: 0.7789, 256: 0.8232}
@@ -142,11 +150,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--percentile", type=percentile_value, default=99.0)
     p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=False,
                    help="per-channel thresholds (default: one per layer)")
-    p.add_argument("--max-spikes", type=integer(1, 1024), default=3, help="burst spikes Γ per step")
-    p.add_argument("--split-threshold", action="store_true",
-                   help="with Γ > 1, threshold λ/Γ: a finer rate code instead of room above λ")
+    p.add_argument("--max-spikes", type=integer(1, 1024), default=None, help="burst spikes Γ per step (default 3)")
+    p.add_argument("--split-threshold", action=argparse.BooleanOptionalAction, default=None,
+                   help="with Γ > 1, threshold λ/Γ: a finer rate code instead of room above λ "
+                        "(default: on for --dataset lucchi)")
     p.add_argument("--v-init", type=unit_interval, default=0.5, help="initial membrane / threshold, in [0, 1]")
     add_method_arguments(p)
+    p.set_defaults(activation=None, levels=None)  # per-dataset defaults (lucchi: qcfs, L=8)
     p.add_argument("--calib-batches", type=positive_int, default=None, help="calibration batches of 8 patches")
     p.add_argument("--calib-patch", type=positive_int, default=None,
                    help="side of the calibration patches (default 128, whatever the training patch)")
@@ -288,7 +298,8 @@ def _report(m: dict[str, Any]) -> str:
         f"Data: **{m['dataset']}**, {m['n_train']} training and {m['n_test']} {split} slices of "
         f"{m['slice_shape'][0]}×{m['slice_shape'][1]} (foreground {100 * m['foreground_fraction']:.1f} % of the "
         f"{split} pixels).{held}",
-        f"Model: UNet width {c['width']}, depth {c['depth']}, up-sampling `{c['up']}` "
+        f"Model: UNet width {c['width']}, depth {c['depth']}, up-sampling `{c['up']}`"
+        + (f", QCFS activations (L={c['levels']})" if c.get("activation") == "qcfs" else "") + " "
         f"({m['parameters']:,} parameters), {training}.",
         "",
         f"ANN on all {m['ann_full_test_slices']} evaluated {split} slices: accuracy {full['accuracy']:.4f}, "
@@ -342,10 +353,10 @@ def _report(m: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _conversion_options(args: argparse.Namespace) -> dict[str, Any]:
-    return dict(percentile=args.percentile, per_channel=args.per_channel, max_spikes=args.max_spikes,
+def _conversion_options(args: argparse.Namespace, cfg: dict[str, Any]) -> dict[str, Any]:
+    return dict(percentile=args.percentile, per_channel=args.per_channel, max_spikes=cfg["max_spikes"],
                 v_init=args.v_init, maxpool="lipool", channels_last=True, **method_options(args),
-                **({"split_threshold": True} if args.split_threshold else {}))
+                **({"split_threshold": True} if cfg["split_threshold"] else {}))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -380,11 +391,11 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     _log(f"data: {len(train)} train / {len(test)} {split} slices of {train.slice_shape} ({data_seconds:.1f} s)")
 
     model_kw: dict[str, Any] = dict(width=cfg["width"], depth=cfg["depth"], up=args.up)
-    if args.activation == "qcfs":  # (ReLU nets keep the old key set, so their checkpoints stay valid)
-        model_kw.update(act="qcfs", levels=args.levels)
+    if cfg["activation"] == "qcfs":  # (ReLU nets keep the old key set, so their checkpoints stay valid)
+        model_kw.update(act="qcfs", levels=cfg["levels"])
     check_exportable(args, lambda: convert(  # a net NIR cannot express is refused before training
         create_model("unet", **model_kw).eval(), torch.rand(2, 1, cfg["patch"], cfg["patch"]), max_batches=None,
-        **_conversion_options(args)), (1, *train.slice_shape))
+        **_conversion_options(args, cfg)), (1, *train.slice_shape))
     model = create_model("unet", **model_kw)
     train_cfg = dict(
         dataset=args.dataset, seed=args.seed, train_slices=len(train), slice_shape=list(train.slice_shape),
@@ -441,7 +452,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
 
     calib_sampler = PatchSampler(train, cfg["calib_patch"], seed=args.seed + 7919, augment=False)
     calib = [calib_sampler.batch(b, 8)[0] for b in range(cfg["calib_batches"])]
-    options = _conversion_options(args)
+    options = _conversion_options(args, cfg)
     snn = convert(model, calib, max_batches=None, **options)
 
     curve_steps = sorted(set(power_of_two_steps(curve_T)) | {T})
@@ -521,7 +532,6 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         "ann_full_test": ann_full,
         "ann_full_test_slices": len(ann_idx),
         "config": {**cfg, "up": args.up, "dice_weight": args.dice_weight, "seed": args.seed,
-                   "activation": args.activation, "levels": args.levels if args.activation == "qcfs" else None,
                    "snn_bf16": bool(args.snn_bf16)},
         "parameters": sum(p.numel() for p in model.parameters()),
         "conversion": options,
