@@ -152,7 +152,8 @@ def test_lucchi_validation_split_snn_on_every_slice_and_saved_masks(tmp_path):
     assert c["schedule"] == "cosine" and c["bf16"] is True and c["augment"] is True and c["width"] == 2
     assert c["calib_patch"] == 32  # 128 does not fit these 64×80 slices: the training patch is used
     # and its conversion-aware activations: QCFS L=8 converted with Γ=3 at threshold λ/3
-    assert (c["activation"], c["levels"], c["max_spikes"], c["split_threshold"]) == ("qcfs", 8, 3, True)
+    assert (c["activation"], c["levels"], c["max_spikes"], c["split_threshold"], c["snn_bf16"]) == (
+        "qcfs", 8, 3, True, True)
     assert m["conversion"]["split_threshold"] is True and "QCFS activations (L=8)" in (out / "report.md").read_text()
     for kind in ("ann", "snn_T4"):
         files = sorted(p.name for p in (out / "masks" / kind).iterdir())

@@ -33,8 +33,9 @@ Defaults per dataset (explicit options win):
   held-out Lucchi++ training slices (``benchmarks/RESULTS.md``, issue 13): width 16,
   depth 4, 2,000 steps of 8 patches of 256², bf16 training, and QCFS activations (L=8)
   whose learnt ceilings become the thresholds, converted with Γ = 3 burst spikes at
-  threshold λ/3 (within 0.0002 Jaccard of the ANN at T=32 on 20 held-out slices;
-  ``--activation relu --no-split-threshold`` gives the plain ReLU net and p99 thresholds).
+  threshold λ/3, SNN convolutions in bfloat16 (within 0.0002 Jaccard of the ANN at T=32
+  on 20 held-out slices, float32 or bf16; ``--activation relu --no-split-threshold``
+  gives the plain ReLU net and p99 thresholds, ``--no-snn-bf16`` a float32 SNN).
 - ``--quick``: 4 + 2 slices of 96×160, 60 steps, T = 32 (a few seconds; for tests).
 
 Conversion of ReLU nets: per-layer 99th-percentile thresholds (from ``--calib-patch``
@@ -83,20 +84,20 @@ DEFAULTS: dict[str, Any] = dict(
     batch_size=8, patch=128, lr=3e-3, schedule="onecycle", warmup=0.1, weight_decay=1e-4, augment=True,
     jitter=0.1, bf16=False, T=32, curve_T=256, curve_slices=3, snn_slices=0, ann_slices=0, tile=1024, overlap=32,
     calib_batches=16, calib_patch=128, examples=3, threads=0, activation="relu", levels=8, max_spikes=3,
-    split_threshold=False,
+    split_threshold=False, snn_bf16=False,
 )
 #: The real-EM recipe for Lucchi++ (768×1024 slices); see benchmarks/RESULTS.md (issue 13).
 LUCCHI: dict[str, Any] = dict(
     DEFAULTS, train_slices=None, test_slices=None, width=16, depth=4, steps=2000, batch_size=8, patch=256,
     lr=3e-3, schedule="cosine", warmup=0.05, bf16=True, activation="qcfs", levels=8, max_spikes=3,
-    split_threshold=True,
+    split_threshold=True, snn_bf16=True,
 )
 QUICK: dict[str, Any] = dict(
     train_slices=4, test_slices=2, val_slices=0, slice_h=96, slice_w=160, width=8, depth=3, steps=60,
     batch_size=4, patch=64, lr=1e-2, schedule="onecycle", warmup=0.1, weight_decay=1e-4, augment=True, jitter=0.1,
     bf16=False, T=32, curve_T=32, curve_slices=1, snn_slices=0, ann_slices=0, tile=96, overlap=16,
     calib_batches=2, calib_patch=64, examples=1, threads=1, activation="relu", levels=8, max_spikes=3,
-    split_threshold=False,
+    split_threshold=False, snn_bf16=False,
 )
 #: Seed 003's SNN Dice ("accuracy") on Lucchi, for reference in the report.
 SEED_DICE = {2: 0.1035, 4: 0.2891, 8: 0.3449, 16: 0.4572, 32: 0.5919, 64: 0.7038, 128: 0.7789, 256: 0.8232}
@@ -140,8 +141,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="slices (spread over the stack) the per-T curve is measured on")
     p.add_argument("--snn-slices", type=nonnegative_int, default=None,
                    help="slices the SNN is run on at --T (spread over the stack; 0 = all evaluated slices)")
-    p.add_argument("--snn-bf16", action="store_true",
-                   help="SNN convolutions in bfloat16 (membranes and sums float32; float32 is the reference)")
+    p.add_argument("--snn-bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="SNN convolutions in bfloat16 (membranes and sums float32; float32 is the reference; "
+                        "default: on for --dataset lucchi)")
     p.add_argument("--save-masks", action="store_true",
                    help="write the binarized ANN and SNN (T) masks of every evaluated slice as PNGs into masks/")
     p.add_argument("--ann-slices", type=nonnegative_int, default=None, help="test slices for the ANN (0 = all)")
@@ -487,14 +489,14 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
 
     snn_scores, curve_seconds = evaluate_snn_segmentation(
         snn, test, curve_idx, curve_steps, tile=tile, overlap=overlap, multiple=multiple, counter=counter,
-        count_slices=1, on_slice=on_snn_slice(curve_steps), progress=_log, bf16=args.snn_bf16,
+        count_slices=1, on_slice=on_snn_slice(curve_steps), progress=_log, bf16=cfg["snn_bf16"],
     )
     rest = [i for i in head_idx if i not in curve_idx]
     head_seconds = 0.0
     if rest:
         _, head_seconds = evaluate_snn_segmentation(
             snn, test, rest, [T], tile=tile, overlap=overlap, multiple=multiple, on_slice=on_snn_slice([T]),
-            progress=_log, bf16=args.snn_bf16,
+            progress=_log, bf16=cfg["snn_bf16"],
         )
     snn_seconds = curve_seconds + head_seconds
     snn_metrics = {str(t): snn_scores[t] for t in curve_steps}
@@ -531,8 +533,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         "snn_headline_slices": [slice_ids[i] for i in head_idx],
         "ann_full_test": ann_full,
         "ann_full_test_slices": len(ann_idx),
-        "config": {**cfg, "up": args.up, "dice_weight": args.dice_weight, "seed": args.seed,
-                   "snn_bf16": bool(args.snn_bf16)},
+        "config": {**cfg, "up": args.up, "dice_weight": args.dice_weight, "seed": args.seed},
         "parameters": sum(p.numel() for p in model.parameters()),
         "conversion": options,
         "firing_rates": rates,
