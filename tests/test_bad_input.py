@@ -554,8 +554,8 @@ def test_fc_lif_divergence_keeps_the_last_good_checkpoint(capsys, tmp_path, data
     real = snn_loop.loss_of
     calls = {"n": 0}
 
-    def nan_in_epoch_2(o, y, loss):
-        value = real(o, y, loss)
+    def nan_in_epoch_2(o, y, loss, *rest):
+        value = real(o, y, loss, *rest)
         if not torch.is_grad_enabled():  # evaluation
             return value
         calls["n"] += 1
