@@ -83,35 +83,37 @@ def test_mse_threshold_finds_the_known_optimum():
     # 20,000 activations at a and one at 100a, T=1: a threshold of a codes every small
     # activation exactly and costs (99a)² on the outlier, less than 20,000·a² for λ=100a.
     a = 0.37
-    rec = ActivationRecorder(samples_per_batch=1 << 20)
-    vals = torch.full((20000,), a)
-    vals[0] = 100 * a
-    rec.record(vals.view(-1, 1))
+    rec, _ = _outlier_recorder(20000, a)
     assert float(rec.mse_threshold(1)) == pytest.approx(a, rel=1e-6)
     # with fewer small activations the outlier wins: λ = max
-    rec2 = ActivationRecorder()
-    vals2 = torch.full((5000,), a)
-    vals2[0] = 100 * a
-    rec2.record(vals2.view(-1, 1))
+    rec2, _ = _outlier_recorder(5000, a)
     assert float(rec2.mse_threshold(1)) == pytest.approx(100 * a, rel=1e-6)
+
+
+def _outlier_recorder(n: int, a: float) -> tuple[ActivationRecorder, torch.Tensor]:
+    """A recorder that saw n activations equal to a, one of them replaced by 100a."""
+    rec = ActivationRecorder(samples_per_batch=1 << 20)
+    vals = torch.full((n,), a)
+    vals[0] = 100 * a
+    rec.record(vals.view(-1, 1))
+    return rec, vals
 
 
 def test_mse_threshold_with_burst_spikes():
     # Γ=2, T=1: a split threshold λ/2 = a codes the 20,000 small activations exactly (two
     # levels of λ/2); without splitting, θ = λ = a does, and the outlier is clamped at 2a.
     a = 0.37
-    rec = ActivationRecorder(samples_per_batch=1 << 20)
-    vals = torch.full((20000,), a)
-    vals[0] = 100 * a
-    rec.record(vals.view(-1, 1))
+    rec, vals = _outlier_recorder(20000, a)
     assert float(rec.mse_threshold(1, max_spikes=2, split=True)) == pytest.approx(2 * a, rel=1e-6)
     assert float(rec.mse_threshold(1, max_spikes=2, split=False)) == pytest.approx(a, rel=1e-6)
-    # the converted neuron gets θ = λ/Γ
+    # the converted neuron gets θ = λ/Γ = a when split, θ = λ = a when not
     net = nn.Sequential(nn.Linear(1, 1, bias=False), nn.ReLU()).eval()
     with torch.no_grad():
         net[0].weight.fill_(1.0)
-    snn = convert(net, vals.view(-1, 1), threshold="mse", target_T=1, max_spikes=2, batch_size=20000)
-    assert float(next(iter(snn.neurons().values())).threshold) == pytest.approx(a, rel=1e-6)
+    for split in (True, False):
+        snn = convert(net, vals.view(-1, 1), threshold="mse", target_T=1, max_spikes=2, batch_size=20000,
+                      split_threshold=split)
+        assert float(next(iter(snn.neurons().values())).threshold) == pytest.approx(a, rel=1e-6), split
 
 
 def _relu_net(seed: int = 0) -> nn.Module:
