@@ -35,7 +35,7 @@ import torch
 from spikeforge import convert
 from spikeforge.evaluate import evaluate_snn
 from spikeforge.experiments.common import load_split_tensors
-from spikeforge.models import create_model
+from spikeforge.experiments.cifar_convert import build_model
 from spikeforge.train import evaluate_classifier, load_checkpoint
 
 
@@ -81,8 +81,7 @@ def main() -> int:
     payload = load_checkpoint(run / "model.pt", required=("model", "config"))
     cfg = payload["config"]
     train, val, classes = load_split_tensors(cfg["dataset"], args.data_dir, cfg["val_split"])
-    model = create_model("cifar-fast", in_channels=train[0].shape[1], num_classes=len(classes),
-                         widths=tuple(cfg["widths"]), pool=cfg["pool"], act=cfg["activation"], levels=cfg["levels"])
+    model = build_model(cfg, train[0].shape[1], len(classes), train[0].shape[-1])
     model.load_state_dict(payload["model"])
     model.eval()
     xs, ys = val[0][: args.n], val[1][: args.n]

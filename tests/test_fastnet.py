@@ -230,3 +230,43 @@ def test_target_T_alone_is_refused(tmp_path, capsys):
 
     rc = main(["run", "lenet5-convert", "--epochs", "1", "--target-T", "4", "--out", str(tmp_path / "r")])
     assert rc != 0 and "--target-T" in capsys.readouterr().err
+
+
+def test_cifar_convert_trains_a_backbone_with_its_own_recipe(tmp_path, no_network):
+    from spikeforge.cli import main
+
+    data = _write_cifar(tmp_path / "cifar-10-batches-bin", with_test=False)
+    out = tmp_path / "run"
+    args = ["run", "cifar-convert", "--data-dir", str(data), "--val-split", "100", "--epochs", "1",
+            "--model", "resnet18", "--width", "0.0625", "--T", "4", "--calib-batches", "1", "--out", str(out),
+            "--no-progress"]
+    assert main(args) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    tr = m["training"]
+    assert tr["model"] == "resnet18" and tr["width"] == 0.0625
+    # the backbone recipe where no option was given; an explicit option wins
+    assert (tr["lr"], tr["weight_decay"], tr["bias_lr_scale"], tr["label_smoothing"]) == (0.2, 5e-4, 1.0, 0.1)
+    assert sorted(m["snn_accuracy"], key=int) == ["1", "2", "3", "4"]
+    assert m["parameters"] == sum(p.numel() for p in create_model("resnet18", width=0.0625).parameters())
+    assert "`resnet18` at width ×0.0625" in (out / "report.md").read_text()
+    assert main(args) == 0 and json.loads((out / "metrics.json").read_text())["checkpoint_reused"]
+    assert main(args + ["--lr", "0.05"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["training"]["lr"] == 0.05 and not m["checkpoint_reused"]
+
+
+@pytest.mark.parametrize("extra, needle", [(["--width", "0.5"], "--width"),
+                                           (["--model", "vgg11", "--widths", "8,8,8"], "--widths")])
+def test_cifar_convert_refuses_options_of_the_other_kind_of_net(tmp_path, capsys, extra, needle):
+    from spikeforge.cli import main
+
+    rc = main(["run", "cifar-convert", "--epochs", "1", *extra, "--out", str(tmp_path / "r")])
+    assert rc != 0 and needle in capsys.readouterr().err
+
+
+def test_cached_model_from_before_the_model_option_is_reused():
+    from spikeforge.experiments.cifar_convert import _stored_config, build_model
+
+    old = {"dataset": "cifar10", "widths": [8, 16, 16], "pool": "max", "activation": "relu", "levels": 8}
+    assert _stored_config({"config": old})["model"] == "cifar-fast"
+    assert isinstance(build_model(old, 3, 10), type(create_model("cifar-fast")))

@@ -23,7 +23,7 @@ import torch
 
 from spikeforge.convert import convert
 from spikeforge.data import dataset_names
-from spikeforge.errors import IncompatibleDataError
+from spikeforge.errors import ConfigError, IncompatibleDataError
 from spikeforge.evaluate import evaluate_snn
 from spikeforge.experiments.common import (
     add_method_arguments,
@@ -58,7 +58,24 @@ from spikeforge.train.checkpoint import load_state
 TRAIN_KEYS = (
     "dataset", "val_split", "epochs", "batch_size", "lr", "weight_decay", "momentum", "bias_lr_scale",
     "warmup", "label_smoothing", "translate", "widths", "pool", "activation", "levels", "precision", "seed",
+    "model", "width",
 )
+#: What a cached model.pt written before ``--model``/``--width`` existed was trained as.
+_OLD_DEFAULTS = {"model": "cifar-fast", "width": None}
+
+#: Networks ``--model`` trains: the fast net, or a VGG/ResNet backbone of the study at ``--width``.
+MODELS = ("cifar-fast", "vgg11", "vgg13", "vgg16", "resnet18", "resnet34")
+
+#: The optimizer settings per kind of network, used where the option is not given.
+#: cifar-fast: the fast recipe (BN without scale, so its biases learn 64× faster).
+#: Backbones (BN with scale and bias): Nesterov SGD lr 0.2 for batch 256, weight decay
+#: 5e-4 and label smoothing 0.1, the usual CIFAR ResNet/VGG settings.
+RECIPE_DEFAULTS = {
+    "cifar-fast": dict(lr=0.375, weight_decay=1.33e-3, momentum=0.85, bias_lr_scale=64.0, warmup=0.2,
+                       label_smoothing=0.2),
+    "backbone": dict(lr=0.2, weight_decay=5e-4, momentum=0.9, bias_lr_scale=1.0, warmup=0.15,
+                     label_smoothing=0.1),
+}
 
 
 def _widths(text: str) -> list[int]:
@@ -89,16 +106,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=positive_int, default=12, help="12 ≈ 20 min on 2 cores (40k images)")
     p.add_argument("--T", type=positive_int, default=64, help="evaluate steps 1..T")
     p.add_argument("--batch-size", type=positive_int, default=256)
-    p.add_argument("--lr", type=learning_rate, default=0.375, help="SGD learning rate (mean loss over the batch)")
-    p.add_argument("--weight-decay", type=nonnegative_float, default=1.33e-3, help="of conv/linear weights")
-    p.add_argument("--momentum", type=_fraction, default=0.85, help="Nesterov momentum")
-    p.add_argument("--bias-lr-scale", type=number(0, 1e6, lo_open=True), default=64.0, help="learning-rate factor of BN biases")
-    p.add_argument("--warmup", type=_fraction, default=0.2, help="fraction of steps of linear warm-up")
-    p.add_argument("--label-smoothing", type=_fraction, default=0.2)
+    fast, bb = RECIPE_DEFAULTS["cifar-fast"], RECIPE_DEFAULTS["backbone"]
+
+    def d(key: str) -> str:
+        return f"(default {fast[key]:g} for cifar-fast, {bb[key]:g} for the backbones)"
+
+    p.add_argument("--model", choices=MODELS, default="cifar-fast",
+                   help="the fast net, or a VGG/ResNet backbone of the study scaled by --width")
+    p.add_argument("--width", type=number(0, 64, lo_open=True, what="a width factor in (0, 64]"), default=None,
+                   help="channel factor of a backbone (1 = 64-128-256-512 channels; default 0.5)")
+    p.add_argument("--lr", type=learning_rate, default=None, help="SGD learning rate (mean loss over the batch) " + d("lr"))
+    p.add_argument("--weight-decay", type=nonnegative_float, default=None, help="of conv/linear weights " + d("weight_decay"))
+    p.add_argument("--momentum", type=_fraction, default=None, help="Nesterov momentum " + d("momentum"))
+    p.add_argument("--bias-lr-scale", type=number(0, 1e6, lo_open=True), default=None,
+                   help="learning-rate factor of BN biases " + d("bias_lr_scale"))
+    p.add_argument("--warmup", type=_fraction, default=None, help="fraction of steps of linear warm-up " + d("warmup"))
+    p.add_argument("--label-smoothing", type=_fraction, default=None, help=d("label_smoothing"))
     p.add_argument("--translate", type=int, choices=range(0, 9), default=2, metavar="PIXELS",
                    help="random translation of training images (0-8 pixels); flips always on")
-    p.add_argument("--widths", type=_widths, default=[64, 256, 256], help="channels of the three blocks")
-    p.add_argument("--pool", choices=POOLS, default="max")
+    p.add_argument("--widths", type=_widths, default=[64, 256, 256], help="channels of the three blocks (cifar-fast)")
+    p.add_argument("--pool", choices=POOLS, default="max", help="pooling of cifar-fast's blocks")
     p.add_argument("--activation", choices=ACTIVATIONS, default="relu")
     p.add_argument("--levels", type=positive_int, default=8, help="QCFS quantization levels L")
     p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
@@ -118,23 +145,58 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_export_argument(p, converted=True)
 
 
+def resolve_recipe(args: argparse.Namespace) -> None:
+    """Fill the optimizer options not given with the defaults of ``--model``'s kind (in place)."""
+    fast = args.model == "cifar-fast"
+    if fast and args.width is not None:
+        raise ConfigError("--width scales the VGG/ResNet backbones; cifar-fast takes --widths")
+    if not fast:
+        if args.widths != [64, 256, 256] or args.pool != "max":
+            raise ConfigError(f"--widths/--pool shape cifar-fast; --model {args.model} takes --width")
+        args.width = 0.5 if args.width is None else args.width
+    for key, value in RECIPE_DEFAULTS["cifar-fast" if fast else "backbone"].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+
+
 def _config(args: argparse.Namespace) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in ((k, getattr(args, k)) for k in TRAIN_KEYS)}
 
 
-def _build(args: argparse.Namespace, in_channels: int, num_classes: int) -> torch.nn.Module:
-    return create_model("cifar-fast", in_channels=in_channels, num_classes=num_classes, widths=tuple(args.widths),
-                        pool=args.pool, act=args.activation, levels=args.levels)
+def _stored_config(payload: dict[str, Any]) -> dict[str, Any]:
+    """A cached run's training options, completed for files written before ``--model`` existed."""
+    return {**_OLD_DEFAULTS, **payload["config"]}
+
+
+def build_model(config: dict[str, Any], in_channels: int, num_classes: int, image_size: int = 32) -> torch.nn.Module:
+    """The network of a run's training options (``metrics.json``'s ``training`` or model.pt's ``config``)."""
+    config = {**_OLD_DEFAULTS, **config}
+    if config["model"] == "cifar-fast":
+        return create_model("cifar-fast", in_channels=in_channels, num_classes=num_classes,
+                            widths=tuple(config["widths"]), pool=config["pool"], act=config["activation"],
+                            levels=config["levels"])
+    return create_model(config["model"], in_channels=in_channels, num_classes=num_classes, width=config["width"],
+                        act=config["activation"], levels=config["levels"], image_size=image_size)
+
+
+def net_name(config: dict[str, Any]) -> str:
+    """``cifar-fast`` or the backbone with its width, for reports and plot titles."""
+    config = {**_OLD_DEFAULTS, **config}
+    return config["model"] if config["model"] == "cifar-fast" else f"{config['model']} (width ×{config['width']:g})"
+
+
+def _build(args: argparse.Namespace, in_channels: int, num_classes: int, image_size: int = 32) -> torch.nn.Module:
+    return build_model(_config(args), in_channels, num_classes, image_size)
 
 
 def _train_or_load(args, out: Path, train, test, num_classes: int) -> tuple[torch.nn.Module, list, bool, float]:
     config = _config(args)
-    model = _build(args, train[0].shape[1], num_classes)
+    model = _build(args, train[0].shape[1], num_classes, train[0].shape[-1])
     final, ckpt = out / "model.pt", out / "checkpoint.pt"
     if final.exists() and not args.retrain:
         try:
             payload = load_checkpoint(final, required=("model", "config", "history", "train_seconds"))
-            if payload["config"] == config:
+            if _stored_config(payload) == config:
                 load_state(model, payload["model"], final)
                 print(f"loaded the trained network from {final} (same training options)")
                 return model.eval(), list(payload["history"]), True, float(payload["train_seconds"])
@@ -144,8 +206,8 @@ def _train_or_load(args, out: Path, train, test, num_classes: int) -> tuple[torc
     start, history, opt_state, spent = 1, [], None, 0.0
     if args.resume:
         payload = load_checkpoint(ckpt, required=("model", "config", "history", "epoch", "state", "train_seconds"))
-        if payload["config"] != config:
-            diff = sorted(k for k in config if payload["config"].get(k) != config[k])
+        if _stored_config(payload) != config:
+            diff = sorted(k for k in config if _stored_config(payload).get(k) != config[k])
             raise CheckpointError(f"{ckpt} was written with other training options ({', '.join(diff)}); "
                                   "rerun with the same options or drop --resume")
         load_state(model, payload["model"], ckpt)
@@ -154,9 +216,10 @@ def _train_or_load(args, out: Path, train, test, num_classes: int) -> tuple[torc
         print(f"resuming from {ckpt} after epoch {payload['epoch']}")
     else:
         torch.manual_seed(args.seed)
-        model = _build(args, train[0].shape[1], num_classes)
+        model = _build(args, train[0].shape[1], num_classes, train[0].shape[-1])
         gen = torch.Generator().manual_seed(args.seed)
-        init_whitening(model, train[0][torch.randperm(len(train[1]), generator=gen)[:5000]])
+        if args.model == "cifar-fast":
+            init_whitening(model, train[0][torch.randperm(len(train[1]), generator=gen)[:5000]])
     t0 = time.perf_counter()
     bf16 = args.precision == "bf16"
 
@@ -189,15 +252,17 @@ def _report(m: dict[str, Any]) -> str:
         shown.append(T)
     split = "held-out validation" if m["eval_split"] == "val" else "test"
     lines = [
-        "# Fast CIFAR-10 network: ANN → SNN conversion",
+        f"# {net_name(m['training'])}: ANN → SNN conversion",
         "",
         f"Command: `{m['command']}`",
         "",
         f"Dataset **{m['dataset']}**: {m['n_train']} training images; evaluation on {m['n_test']} {split} images "
         f"(the SNN on {m['n_snn_eval']} of them).",
         "",
-        f"Network: `cifar-fast`, widths {m['training']['widths']}, {m['training']['pool']} pooling, "
-        f"{m['training']['activation']} activation, {m['parameters']:,} parameters. Training: {m['epochs']} epochs, "
+        (f"Network: `cifar-fast`, widths {m['training']['widths']}, {m['training']['pool']} pooling, "
+         if m["training"].get("model", "cifar-fast") == "cifar-fast" else
+         f"Network: `{m['training']['model']}` at width ×{m['training']['width']:g} (1 = 64-128-256-512 channels), ")
+        + f"{m['training']['activation']} activation, {m['parameters']:,} parameters. Training: {m['epochs']} epochs, "
         f"{m['training']['precision']}, batch {m['training']['batch_size']}, Nesterov SGD lr {m['training']['lr']} "
         f"(warm-up {m['training']['warmup']}, then linear decay), label smoothing {m['training']['label_smoothing']}, "
         f"flip + {m['training']['translate']}-pixel translation; {m['train_seconds'] / 60:.1f} min of training "
@@ -237,18 +302,19 @@ def _report(m: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    resolve_recipe(args)
     method_options(args)  # bad method options fail before any work
     out = prepare_out_dir(args.out)
     if args.resume and not (out / "checkpoint.pt").is_file() and not (out / "model.pt").is_file():
         raise CheckpointError(f"--resume: no checkpoint to resume from in --out {out} (expected {out / 'checkpoint.pt'})")
     train, test, classes = load_split_tensors(args.dataset, args.data_dir, args.val_split)
-    require_images(args.dataset, args.data_dir, train, test, model="cifar-fast", num_classes=len(classes))
+    require_images(args.dataset, args.data_dir, train, test, model=args.model, num_classes=len(classes))
     h, w = train[0].shape[-2:]
     if (h, w) not in ((32, 32), (28, 28)):
-        raise IncompatibleDataError(f"cifar-fast expects 32×32 or 28×28 images, {args.dataset} has {h}×{w}")
+        raise IncompatibleDataError(f"{args.model} expects 32×32 or 28×28 images, {args.dataset} has {h}×{w}")
     options = dict(percentile=args.percentile, per_channel=args.per_channel, maxpool=args.maxpool)
     options.update(method_options(args))
-    check_exportable(args, lambda: convert(_build(args, train[0].shape[1], len(classes)).eval(), train[0][:64],
+    check_exportable(args, lambda: convert(_build(args, train[0].shape[1], len(classes), train[0].shape[-1]).eval(), train[0][:64],
                                            batch_size=64, max_batches=1, **options), tuple(train[0].shape[1:]))
     model, history, reused, train_seconds = _train_or_load(args, out, train, test, len(classes))
     t0 = time.perf_counter()
@@ -289,15 +355,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "environment": environment(),
         "spike_stats": res["spike_stats"],
     }
-    plot_spike_stats(res["spike_stats"], out / "spike_stats.png", title=f"cifar-fast on {args.dataset}: converted SNN")
+    plot_spike_stats(res["spike_stats"], out / "spike_stats.png", title=f"{net_name(_config(args))} on {args.dataset}: converted SNN")
     nir_export = export_file(args, snn, tuple(train[0].shape[1:]))
     if nir_export:
         metrics["nir_export"] = nir_export
     plot_accuracy_vs_T({"SNN (binary spikes)": res["accuracy"]}, out / "accuracy_vs_T.png",
-                       ann_accuracy=ann_snn_images, title=f"cifar-fast on {args.dataset}: converted SNN")
+                       ann_accuracy=ann_snn_images, title=f"{net_name(_config(args))} on {args.dataset}: converted SNN")
     plot_bars(res["firing_rates"], out / "firing_rates.png", title="firing rate per layer", ylabel="spikes / neuron / step")
     if history:
-        plot_history(history, out / "training_curves.png", title="cifar-fast (ANN) training")
+        plot_history(history, out / "training_curves.png", title=f"{net_name(_config(args))} (ANN) training")
     write_json(out / "metrics.json", metrics)
     write_text(out / "report.md", _report(metrics))
     shown = [t for t in (4, 8, 16, 32, 64, 128) if t <= args.T]
