@@ -258,3 +258,14 @@ def test_augment_flip_off_never_mirrors():
     g = torch.Generator().manual_seed(0)
     assert random_crop_flip(x, pad=0, flip=False, generator=g)[:, 0, :, 5].sum() == 0
     assert random_crop_flip(x, pad=0, flip=True, generator=g)[:, 0, :, 5].sum() > 0
+
+
+def test_fc_lif_recipes_set_the_hidden_dropout():
+    from spikeforge.experiments.direct_train import RECIPES
+
+    tuned, over = _settings("fc-lif", "--dataset", "fashion-mnist")
+    assert tuned["dropout"] == RECIPES["fc-lif"]["tuned"]["dropout"] > 0 and over == []
+    assert _settings("fc-lif", "--recipe", "seed")[0]["dropout"] == 0.0
+    s, over = _settings("fc-lif", "--dropout", "0")
+    assert s["dropout"] == 0.0 and over == ["dropout"]
+    assert "dropout" not in _settings("csnn")[0]  # only fc-lif has a hidden layer to drop

@@ -61,16 +61,16 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "fc-lif": {
         "seed": dict(T=25, epochs=10, batch_size=128, optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="none",
                      loss="ce-membrane", label_smoothing=0.0, surrogate="atan", surrogate_slope=2.0, augment=None,
-                     bf16=False, channels_last=False),
-        "tuned": dict(T=25, epochs=30, batch_size=128, optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="cosine",
+                     bf16=False, channels_last=False, dropout=0.0),
+        "tuned": dict(T=25, epochs=30, batch_size=128, optimizer="adam", lr=5e-4, weight_decay=0.0, schedule="cosine",
                       loss="ce-rate", label_smoothing=0.0, surrogate="atan", surrogate_slope=2.0, augment=None,
-                      bf16=False, channels_last=False),
+                      bf16=False, channels_last=False, dropout=0.2),
     },
     "fc-poisson": {
         "seed": dict(T=100, epochs=100, batch_size=128, optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="none",
                      loss="mse-rate", label_smoothing=0.0, surrogate="atan", surrogate_slope=2.0, augment=None,
                      bf16=False, channels_last=False),
-        "tuned": dict(T=100, epochs=20, batch_size=128, optimizer="adam", lr=2e-3, weight_decay=0.0, schedule="cosine",
+        "tuned": dict(T=100, epochs=20, batch_size=128, optimizer="adam", lr=1e-3, weight_decay=0.0, schedule="cosine",
                       loss="ce-rate", label_smoothing=0.0, surrogate="atan", surrogate_slope=2.0, augment=None,
                       bf16=False, channels_last=False),
     },
@@ -98,8 +98,13 @@ DESCRIPTIONS = {
     "fc-poisson": "train 784-10 LIF with Poisson input (seed 004, part 1); --recipe tuned|seed",
     "csnn": "train the convolutional SNN of seed 004 (T=4, direct input); --recipe tuned|seed",
 }
-#: The options a recipe sets (its keys), as the ``argparse`` destinations.
+#: The options a recipe sets (its keys), as the ``argparse`` destinations; fc-lif's also
+#: set the dropout of its hidden layer.
 _RECIPE_KEYS = tuple(RECIPES["csnn"]["seed"])
+
+
+def _recipe_keys(name: str) -> tuple[str, ...]:
+    return tuple(RECIPES[name]["seed"])
 
 
 #: ``--betas``: decays in [0, 1]; ``--hiddens``: hidden sizes (both non-empty lists).
@@ -160,8 +165,8 @@ def _adder(name: str):
             p.add_argument("--reset", choices=("subtract", "zero"), default="subtract",
                            help="reset of the LIF neurons (zero: the hard reset NIR can express)")
             p.add_argument("--hidden", type=integer(1, 1_000_000), default=500)
-            p.add_argument("--dropout", type=fraction, default=0.0,
-                           help="dropout of hidden neurons (whole sequence), in [0, 1)")
+            p.add_argument("--dropout", type=fraction, default=None,
+                           help=f"dropout of hidden neurons (whole sequence), in [0, 1) (tuned: {tuned['dropout']:g})")
             p.add_argument("--sweep", action="store_true", help="train the grid --betas x --hiddens")
             p.add_argument("--betas", type=_float_list, default=[0.5, 0.7, 0.9, 0.95])
             p.add_argument("--hiddens", type=_int_list, default=[200, 500, 1000])
@@ -183,7 +188,7 @@ def resolve_settings(name: str, args: argparse.Namespace) -> tuple[dict[str, Any
     recipe = RECIPES[name][args.recipe]
     settings: dict[str, Any] = {}
     overrides: list[str] = []
-    for key in _RECIPE_KEYS:
+    for key in _recipe_keys(name):
         given = getattr(args, key, None)
         if key == "augment":
             continue
@@ -226,8 +231,8 @@ def _model_config(name: str, args: argparse.Namespace, **override: Any) -> dict[
         cfg["surrogate_slope"] = st["surrogate_slope"]
     if name == "fc-lif":
         cfg.update(beta=args.beta, hidden=args.hidden)
-        if args.dropout:
-            cfg.update(dropout=args.dropout)
+        if st["dropout"]:
+            cfg.update(dropout=st["dropout"])
         if args.reset != "subtract":
             cfg.update(reset=args.reset)
     elif name == "fc-poisson":
@@ -364,13 +369,14 @@ def _recipe_lines(m: dict[str, Any]) -> list[str]:
                                   "label_smoothing", "bf16", "channels_last")},
             "T": model["T"], "surrogate": model.get("surrogate", "atan"),
             "surrogate_slope": model.get("surrogate_slope"),
-            "augment": (tr["augment_pad"], tr["augment_flip"]) if tr["augment"] else None}
+            "augment": (tr["augment_pad"], tr["augment_flip"]) if tr["augment"] else None,
+            "dropout": model.get("dropout", 0.0)}
     rows = [f"Recipe **{recipe}** (`--recipe {recipe}`)"
             + (f"; overridden by options: {', '.join(m['recipe']['overridden'])}" if m["recipe"]["overridden"] else "")
             + f". Settings of both recipes for {name} on {m['dataset']} ({fam}) and of this run "
             f"(seed recipe: {NOTES[name]}):", "",
             "| setting | seed | tuned | this run |", "|---|---|---|---|"]
-    for key in _RECIPE_KEYS:
+    for key in _recipe_keys(name):
         vals = []
         for r in ("seed", "tuned"):
             v = RECIPES[name][r][key]
