@@ -79,3 +79,35 @@ def test_tiled_max_pool_equals_maxpool(kernel):
 
     x = torch.randn(3, 4, 13, 14)
     assert torch.equal(tiled_max_pool2d(x, kernel), F.max_pool2d(x, kernel))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_qcfs_single_node_matches_its_autograd_definition(dtype):
+    from spikeforge.layers import QCFS, qcfs_reference
+
+    torch.manual_seed(0)
+    m = QCFS(4, threshold=1.25)
+    x = (torch.randn(6, 8, 5, 5) * 1.5)
+    x[0, 0, 0, :3] = torch.tensor([0.0, 1.25, -0.0])  # both clip bounds exactly: gradients pass (as clamp's)
+    x = x.to(dtype).to(memory_format=torch.channels_last).requires_grad_()
+    out = m(x)
+    x64 = x.detach().double().requires_grad_()
+    lam64 = m.threshold.detach().double().requires_grad_()
+    ref = qcfs_reference(x64, lam64.abs() + 1e-6, 4)
+    # forward: the same operations in the same dtype, so the same values (and layout)
+    assert torch.equal(out, qcfs_reference(x.detach(), m.ceiling.detach(), 4))
+    assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last)
+    g = torch.randn(out.shape, dtype=torch.float64)
+    out.backward(g.to(dtype))
+    ref.backward(g)
+    assert torch.allclose(x.grad.double(), x64.grad, rtol=1e-2 if dtype == torch.bfloat16 else 1e-6, atol=0)
+    assert x.grad[0, 0, 0, 0] != 0 and x.grad[0, 0, 0, 1] != 0
+    # ∂/∂λ = Σ g·q/L − Σ g·(x/λ)·[inside], q the levels of *this* forward pass (in bfloat16 a few
+    # elements round to the next level, so the float64 forward's levels would not do)
+    q = (out.detach().double() * 4 / m.ceiling.item()).round()
+    t = x64.detach() / (abs(m.threshold.item()) + 1e-6)
+    want = (g * q).sum() / 4 - (g * t * ((t >= 0) & (t <= 1))).sum()
+    tol = 5e-2 if dtype == torch.bfloat16 else 1e-5
+    assert abs(m.threshold.grad.item() - want.item()) <= tol * max(1.0, abs(want.item()))
+    if dtype == torch.float32:
+        assert abs(m.threshold.grad.item() - lam64.grad.item()) <= 1e-5 * max(1.0, abs(lam64.grad.item()))

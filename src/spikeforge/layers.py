@@ -268,7 +268,46 @@ class QCFS(nn.Module):
         return self.threshold.abs() + 1e-6
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lam = self.ceiling
-        y = torch.clamp(x / lam, 0, 1) * self.levels
-        y = y + (torch.floor(y + 0.5) - y).detach()  # straight-through floor
-        return y * (lam / self.levels)
+        return _QCFSFunction.apply(x, self.ceiling, self.levels)
+
+
+def qcfs_reference(x: torch.Tensor, lam: torch.Tensor, levels: int) -> torch.Tensor:
+    """QCFS written with autograd's own operations (the definition :class:`QCFS` computes)."""
+    y = torch.clamp(x / lam, 0, 1) * levels
+    y = y + (torch.floor(y + 0.5) - y).detach()  # straight-through floor
+    return y * (lam / levels)
+
+
+class _QCFSFunction(torch.autograd.Function):
+    """:func:`qcfs_reference` in one autograd node.
+
+    The forward pass runs the same operations in the same order (identical values in
+    every dtype), in place on one buffer; the backward pass recomputes the clip mask and
+    the levels from the saved input instead of keeping five intermediate tensors:
+    ``∂/∂x = g·[0 ≤ x/λ ≤ 1]`` and ``∂/∂λ = Σ g·q/L − Σ g·(x/λ)·[0 ≤ x/λ ≤ 1]`` (q the
+    integer level; the floor passes gradients straight through). On a half-width ResNet-18
+    training step this is what made QCFS cost about twice a ReLU.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, lam: torch.Tensor, levels: int) -> torch.Tensor:
+        q = x / lam
+        q.clamp_(0, 1).mul_(levels).add_(0.5).floor_()
+        ctx.save_for_backward(x, lam)
+        ctx.levels = levels
+        return q.mul_(lam / levels)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, lam = ctx.saved_tensors
+        t = x / lam
+        # grad where 0 ≤ t ≤ 1: two threshold_backward calls (grad where self > threshold), which
+        # stay vectorized in bfloat16 where boolean masks do not; -tiny keeps both bounds inclusive
+        grad_x = torch.ops.aten.threshold_backward(grad, t, -1e-30)
+        grad_x = torch.ops.aten.threshold_backward(grad_x, torch.rsub(t, 1), -1e-30)
+        grad_lam = None
+        if ctx.needs_input_grad[1]:
+            q = t.clamp(0, 1).mul_(ctx.levels).add_(0.5).floor_()
+            grad_lam = (grad * q).sum(dtype=torch.float32) / ctx.levels - (grad_x * t).sum(dtype=torch.float32)
+            grad_lam = grad_lam.to(lam.dtype)
+        return grad_x, grad_lam, None
