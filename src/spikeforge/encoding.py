@@ -27,12 +27,27 @@ def direct(x: torch.Tensor, T: int) -> torch.Tensor:
     return x.unsqueeze(0).expand(T, *x.shape)
 
 
-def poisson(x: torch.Tensor, T: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Bernoulli spikes with ``P(spike at t) = clamp(x, 0, 1)``, ``[T, N, ...]``."""
+def poisson(x: torch.Tensor, T: int, *, generator: torch.Generator | None = None,
+            rows: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """Bernoulli spikes with ``P(spike at t) = clamp(x, 0, 1)``, ``[T, N, ...]``.
+
+    The uniform numbers come from ``generator`` on its own device and then move to
+    ``x``'s (a CPU generator gives the same spikes on every device). ``rows=(start, end,
+    total)`` says that ``x`` holds rows ``start:end`` of a batch of ``total``: the numbers
+    of the whole batch are drawn and this share's are kept, so the shares of a
+    data-parallel run see the spikes of a one-process run.
+    """
     _check(x, T)
     p = x.clamp(0, 1)
-    u = torch.rand((T, *x.shape), generator=generator, dtype=p.dtype, device=p.device)
-    return (u < p).to(x.dtype)
+    device = generator.device if generator is not None else p.device
+    if rows is None:
+        u = torch.rand((T, *x.shape), generator=generator, dtype=p.dtype, device=device)
+    else:
+        start, end, total = rows
+        if end - start != x.shape[0] or not 0 <= start <= end <= total:
+            raise ValueError(f"rows {rows} do not describe a share of {x.shape[0]} rows")
+        u = torch.rand((T, total, *x.shape[1:]), generator=generator, dtype=p.dtype, device=device)[:, start:end]
+    return (u.to(p.device) < p).to(x.dtype)
 
 
 def latency(x: torch.Tensor, T: int, *, threshold: float = 0.01) -> torch.Tensor:

@@ -65,10 +65,16 @@ class SpikingNet(nn.Module):
             raise ValueError(f"{type(self).__name__}: input contains NaN or infinite values")
         return x.reshape(x.shape[0], *self.input_shape)
 
-    def encode(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor | None:
-        """The ``[T, N, ...]`` spike input, or None for direct input (handled by the layer)."""
+    def encode(self, x: torch.Tensor, generator: torch.Generator | None,
+               rows: tuple[int, int, int] | None = None) -> torch.Tensor | None:
+        """The ``[T, N, ...]`` spike input, or None for direct input (handled by the layer).
+
+        ``rows=(start, end, total)``: ``x`` is that share of a batch of ``total`` rows
+        (a data-parallel rank's); random draws are those of the whole batch
+        (:func:`~spikeforge.encoding.poisson`).
+        """
         if self.encoder == "poisson":
-            return poisson(x, self.T, generator=generator)
+            return poisson(x, self.T, generator=generator, rows=rows)
         if self.encoder == "latency":
             return latency(x, self.T)
         return None
@@ -106,18 +112,24 @@ class FCLIF(SpikingNet):
         self.fc2 = nn.Linear(hidden, num_classes)
         self.lif2 = LIF(beta, keep_membrane=True, **opts)
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> SNNOutput:
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None,
+                rows: tuple[int, int, int] | None = None) -> SNNOutput:
         x = self._check_input(x)
         self.reset_state()
-        seq = self.encode(x, generator)
+        seq = self.encode(x, generator, rows)
         if seq is None:
             s1 = self.lif1(self.fc1(x), steps=self.T)  # direct input: fc1 once
         else:
             s1 = self.lif1(self.fc1(seq))
         if self.training and self.dropout > 0:
-            # one mask per hidden neuron for the whole sequence (a dropped neuron is silent at every step)
-            keep = torch.empty(s1.shape[1:], dtype=s1.dtype).bernoulli_(1 - self.dropout, generator=generator)
-            s1 = s1 * (keep / (1 - self.dropout))
+            # one mask per hidden neuron for the whole sequence (a dropped neuron is silent at every step),
+            # drawn on the generator's device for the whole batch when x is a share of it (rows)
+            shape = s1.shape[1:] if rows is None else (rows[2], *s1.shape[2:])
+            keep = torch.empty(shape, dtype=s1.dtype, device=generator.device if generator is not None else "cpu")
+            keep = keep.bernoulli_(1 - self.dropout, generator=generator)
+            if rows is not None:
+                keep = keep[rows[0]:rows[1]]
+            s1 = s1 * (keep.to(s1.device) / (1 - self.dropout))
         s2 = self.lif2(self.fc2(s1))
         return SNNOutput(s2, self.lif2.membrane)
 
@@ -142,10 +154,11 @@ class FCPoisson(SpikingNet):
         self.lif = LIF(tau=tau, decay_input=True, reset="zero", surrogate=make_surrogate(surrogate, surrogate_slope),
                        keep_membrane=True)
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> SNNOutput:
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None,
+                rows: tuple[int, int, int] | None = None) -> SNNOutput:
         x = self._check_input(x)
         self.reset_state()
-        seq = self.encode(x, generator)
+        seq = self.encode(x, generator, rows)
         if seq is None:
             s = self.lif(self.fc(x), steps=self.T)
         else:
@@ -186,13 +199,14 @@ class CSNN(SpikingNet):
         self.fc2 = nn.Linear(C * 16, num_classes, bias=False)
         self.sn4 = IF(surrogate=surrogate, keep_membrane=True)
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> SNNOutput:
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None,
+                rows: tuple[int, int, int] | None = None) -> SNNOutput:
         x = self._check_input(x)
         self.reset_state()
         N, T = x.shape[0], self.T
         if self.conv1.weight.is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)
-        seq = self.encode(x, generator)
+        seq = self.encode(x, generator, rows)
         if seq is None:
             s = self.sn1(self.bn1(self.conv1(x)), steps=T)  # [T, N, C, H, W]
         else:
@@ -202,7 +216,7 @@ class CSNN(SpikingNet):
         y = self.bn2(self.conv2(y))
         s = self.sn2(y.view(T, N, *y.shape[1:]))
         y = F.max_pool2d(s.flatten(0, 1), 2).flatten(1)
-        s = self.sn3(self.fc1(y).view(T, N, -1))
+        s = self.sn3(self.fc1(y).view(T, N, self.fc1.out_features))  # explicit sizes: N may be 0 (a rank's empty share)
         s = self.sn4(self.fc2(s))
         return SNNOutput(s, self.sn4.membrane)
 

@@ -10,24 +10,22 @@ anything is written, so the last good checkpoint stays intact.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
+from spikeforge import distributed as D
 from spikeforge._native.memory import keep_freed_memory
 from spikeforge.data import iterate_batches
 from spikeforge.data.augment import random_crop_flip
 from spikeforge.errors import ConfigError, DataError
-from spikeforge.progress import progress as progress_bar
 from spikeforge.train.checkpoint import CheckpointError, load_checkpoint, load_state, save_checkpoint
-from spikeforge.train.divergence import MAX_LR, check_loss, check_weights
+from spikeforge.train.divergence import MAX_LR
+from spikeforge.train.engine import Engine, model_device
 from spikeforge.train.losses import LOSSES, MEMBRANE_LOSSES, SMOOTHABLE
 
 CHECKPOINT = "checkpoint.pt"
@@ -80,10 +78,6 @@ class SNNTrainConfig:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
 
 
-def _autocast(cfg: SNNTrainConfig):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if cfg.bf16 else contextlib.nullcontext()
-
-
 def loss_of(out: Any, y: torch.Tensor, loss: str, label_smoothing: float = 0.0) -> torch.Tensor:
     """Apply the named loss to a network's :class:`~spikeforge.models.snn.SNNOutput`."""
     kw = {"label_smoothing": label_smoothing} if label_smoothing else {}
@@ -129,16 +123,32 @@ def _generator(seed: int, epoch: int) -> torch.Generator:
 def evaluate_snn_classifier(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: SNNTrainConfig, *, seed: int = 12345,
 ) -> tuple[float, float]:
-    """(accuracy, mean loss) on a labelled set (Poisson inputs drawn from a fixed seed)."""
+    """(accuracy, mean loss) on a labelled set (Poisson inputs drawn from a fixed seed), on the model's device.
+
+    Inside a process group every batch is split among the ranks (each draws the random
+    numbers of the whole batch and keeps its share's) and the sums are added up, so
+    every rank returns the figures of a one-process evaluation.
+    """
     model.eval()
+    device = model_device(model)
+    world = D.world_size()
     gen = torch.Generator().manual_seed(seed)
     correct, total, n = 0, 0.0, 0
     for xb, yb in iterate_batches(images, labels, cfg.eval_batch_size, shuffle=False):
-        with _autocast(cfg):
-            out = model(xb, generator=gen)
-        total += float(loss_of(out, yb, cfg.loss, cfg.label_smoothing)) * yb.numel()
-        correct += int((predict(out) == yb).sum())
-        n += yb.numel()
+        rows: dict[str, Any] = {}
+        if world > 1:
+            start, end = D.shard_bounds(yb.numel())
+            rows = {"rows": (start, end, yb.numel())}
+            xb, yb = xb[start:end], yb[start:end]
+        xb, yb = xb.to(device), yb.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            out = model(xb, generator=gen, **rows)
+        if yb.numel():  # a rank's share of a last batch smaller than the world may be empty
+            total += float(loss_of(out, yb, cfg.loss, cfg.label_smoothing)) * yb.numel()
+            correct += int((predict(out) == yb).sum())
+            n += yb.numel()
+    if world > 1:
+        correct, total, n = D.all_reduce_sum([correct, total, n])
     return correct / n, total / n
 
 
@@ -153,6 +163,17 @@ def _make_optimizer(model: nn.Module, cfg: SNNTrainConfig, steps_total: int):
     return opt, sched
 
 
+def _distributed_batches(n: int, batch_size: int, world: int) -> None:
+    """Under DDP every global batch, the last included, must give every rank at least one image."""
+    last = n % batch_size or batch_size
+    if world > 1 and min(batch_size, last) < world:
+        raise ConfigError(
+            f"{world} processes need at least {world} images in every batch: with {n} training images in batches "
+            f"of {batch_size} the {'last batch holds' if batch_size >= world else 'batches hold'} "
+            f"{min(batch_size, last)}; change --batch-size or --train-limit"
+        )
+
+
 def fit_snn(
     model: nn.Module,
     train: tuple[torch.Tensor, torch.Tensor],
@@ -164,12 +185,20 @@ def fit_snn(
     progress: bool = True,
     model_config: dict[str, Any] | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    device: torch.device | str | None = None,
+    sync_bn: bool = False,
 ) -> list[dict[str, float]]:
     """Train ``model`` with BPTT; returns the per-epoch history.
 
     ``train``/``test`` are ``(images float [N, ...] in [0, 1], labels int64 [N])``.
     With ``out_dir`` a checkpoint is written there after every epoch; ``resume``
     loads it (it must exist and match ``cfg`` and ``model_config``) and continues.
+
+    ``device``: where to train (default: where the model is). Under ``torchrun`` every
+    rank draws the same global batches (order, augmentation, Poisson spikes and dropout
+    masks of the whole batch) and trains on its share; DDP averages the gradients, so N
+    processes train as one process with the same batch size (``sync_bn``: BatchNorm over
+    the global batch too). The evaluation shards every batch alike; only rank 0 writes.
     """
     cfg.validate()
     keep_freed_memory()  # reuse activation buffers across steps instead of page-faulting them in
@@ -180,13 +209,15 @@ def fit_snn(
         raise DataError("fit_snn: no training images (the training set is empty)")
     if test is not None and len(test[1]) == 0:
         raise DataError("fit_snn: no test images (the evaluation set is empty)")
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    _distributed_batches(len(y_train), cfg.batch_size, D.world_size())
     steps_per_epoch = math.ceil(len(y_train) / cfg.batch_size)
+    ckpt = Path(out_dir) / CHECKPOINT if out_dir is not None else None
+    eng = Engine(model, lr=cfg.lr, device=device, bf16=cfg.bf16, channels_last=cfg.channels_last, sync_bn=sync_bn,
+                 progress=progress, kept=lambda: _last_good(ckpt, eng.epoch))
     opt, sched = _make_optimizer(model, cfg, cfg.epochs * steps_per_epoch)
+    eng.attach(opt, sched, every="epoch")
     history: list[dict[str, float]] = []
     start_epoch = 1
-    ckpt = Path(out_dir) / CHECKPOINT if out_dir is not None else None
     identity = {"train": asdict(cfg), "model": model_config or {}}
     if resume:
         if ckpt is None:
@@ -201,13 +232,7 @@ def fit_snn(
                 "options or without --resume"
             )
         load_state(model, payload["model"], ckpt)
-        try:
-            opt.load_state_dict(payload["optimizer"])
-            if sched is not None and payload.get("scheduler") is not None:
-                sched.load_state_dict(payload["scheduler"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise CheckpointError(f"{ckpt}: the saved optimizer state does not fit this model "
-                                  f"({type(exc).__name__}: {exc})") from exc
+        eng.load_state(payload, f"{ckpt}: ")
         if payload["epoch"] > cfg.epochs:
             raise CheckpointError(f"{ckpt}: saved after epoch {payload['epoch']}, beyond the {cfg.epochs} epochs "
                                   "of this configuration")
@@ -218,49 +243,50 @@ def fit_snn(
                 torch.set_rng_state(payload["rng"])
             except (RuntimeError, TypeError) as exc:
                 raise CheckpointError(f"{ckpt}: the saved random-number state is invalid ({exc})") from exc
-        print(f"resumed from {ckpt} after epoch {start_epoch - 1}")
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        model.train()
-        gen = _generator(cfg.seed, epoch)
-        seen, correct, total_loss = 0, 0, 0.0
-        t0 = time.perf_counter()
-        bar = progress_bar(
-            iterate_batches(x_train, y_train, cfg.batch_size, shuffle=True, generator=gen),
-            total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", enabled=progress,
-        )
-        for i, (xb, yb) in enumerate(bar):
-            if cfg.augment:
-                xb = random_crop_flip(xb, pad=cfg.augment_pad, flip=cfg.augment_flip, generator=gen)
-            with _autocast(cfg):
-                out = model(xb, generator=gen)
-            loss = loss_of(out, yb, cfg.loss, cfg.label_smoothing)
-            check_loss(loss, where=f"epoch {epoch}, batch {i + 1}", lr=cfg.lr, kept=_last_good(ckpt, epoch))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total_loss += float(loss.detach()) * yb.numel()
-            correct += int((predict(out) == yb).sum())
-            seen += yb.numel()
-            if i % 20 == 0:
-                bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
-        if sched is not None:
-            sched.step()
-        check_weights(model, where=f"the end of epoch {epoch}", lr=cfg.lr, kept=_last_good(ckpt, epoch))
-        row = {
-            "epoch": epoch, "train_loss": total_loss / seen, "train_accuracy": correct / seen,
-            "train_seconds": time.perf_counter() - t0,
-        }
-        if test is not None:
-            row["test_accuracy"], row["test_loss"] = evaluate_snn_classifier(model, *test, cfg)
-        history.append(row)
-        tqdm.write(f"epoch {epoch}/{cfg.epochs}: " + ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch"))
+        if D.is_main():
+            print(f"resumed from {ckpt} after epoch {start_epoch - 1}")
+    gen = torch.Generator()
+
+    def batches(epoch: int):
+        gen.set_state(_generator(cfg.seed, epoch).get_state())
+        return iterate_batches(x_train, y_train, cfg.batch_size, shuffle=True, generator=gen)
+
+    def step(batch, epoch: int, i: int) -> dict[str, float]:
+        xb, yb = batch
+        if cfg.augment:  # the global batch, alike on every rank
+            xb = random_crop_flip(xb, pad=cfg.augment_pad, flip=cfg.augment_flip, generator=gen)
+        n = yb.numel()
+        start, end = D.shard_bounds(n)
+        xb, yb = eng.shard(xb, yb)
+        rows = {"rows": (start, end, n)} if eng.world > 1 else {}
+        with eng.autocast():
+            out = eng.net(xb, generator=gen, **rows)
+        loss = loss_of(out, yb, cfg.loss, cfg.label_smoothing)
+        eng.update(loss, where=f"epoch {epoch}, batch {i + 1}")
+        return {"loss": float(loss.detach()) * yb.numel(), "correct": int((predict(out) == yb).sum()),
+                "n": yb.numel()}
+
+    def row(epoch: int, sums: dict[str, float], seconds: float) -> dict[str, float]:
+        return {"epoch": epoch, "train_loss": sums["loss"] / sums["n"], "train_accuracy": sums["correct"] / sums["n"],
+                "train_seconds": seconds}
+
+    def evaluate() -> dict[str, float]:
+        assert test is not None
+        acc, loss = evaluate_snn_classifier(model, *test, cfg)
+        return {"test_accuracy": acc, "test_loss": loss}
+
+    def after_epoch(epoch: int, r: dict[str, float], done: list[dict[str, float]]) -> None:
         if ckpt is not None:
             save_checkpoint(ckpt, {
-                "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict() if sched is not None else None,
-                "epoch": epoch, "history": history, "identity": identity, "rng": torch.get_rng_state(),
+                "model": model.state_dict(), **eng.state(), "epoch": epoch, "history": done, "identity": identity,
+                "rng": torch.get_rng_state(),
             })
         if on_epoch is not None:
-            on_epoch(epoch, row)
-    model.eval()
-    return history
+            on_epoch(epoch, r)
+
+    return eng.run_epochs(
+        epochs=cfg.epochs, start_epoch=start_epoch, history=history, batches=batches,
+        steps_per_epoch=steps_per_epoch, step=step, row=row, evaluate=evaluate if test is not None else None,
+        after_epoch=after_epoch, postfix_every=20,
+        postfix=lambda s: {"loss": f"{s['loss'] / s['n']:.4f}", "acc": f"{s['correct'] / s['n']:.4f}"},
+    )
