@@ -24,11 +24,13 @@ from typing import Any
 
 import torch
 
+from spikeforge import distributed
 from spikeforge.errors import CheckpointError, ConfigError
+from spikeforge.evaluate import merge_summaries
 from spikeforge.experiments.common import (
-    GRAYSCALE_28, add_val_split_argument, command_line, environment, eval_split_name, fraction, integer,
-    learning_rate, load_split_tensors, nonnegative_float, number, number_list, positive_int, prepare_out_dir,
-    read_json, require_images, seed_int, unit_interval,
+    GRAYSCALE_28, add_device_arguments, add_val_split_argument, command_line, device_of, environment,
+    eval_split_name, fraction, integer, learning_rate, load_split_tensors, nonnegative_float, number, number_list,
+    parallel_info, positive_int, prepare_out_dir, read_json, require_images, seed_int, unit_interval,
 )
 from spikeforge.experiments.registry import Experiment
 from spikeforge.io import write_json, write_text
@@ -160,6 +162,7 @@ def _adder(name: str):
         p.add_argument("--weight-decay", type=nonnegative_float, default=None,
                        help=f"(tuned: {tuned['weight_decay']:g})")
         add_export_argument(p)
+        add_device_arguments(p, training=name == "csnn")  # --sync-bn where there is BatchNorm
         if name == "fc-lif":
             p.add_argument("--beta", type=unit_interval, default=0.95, help="membrane decay β in [0, 1]")
             p.add_argument("--reset", choices=("subtract", "zero"), default="subtract",
@@ -254,8 +257,17 @@ def _train_config(name: str, args: argparse.Namespace) -> SNNTrainConfig:
     )
 
 
+def _identity(name: str, args: argparse.Namespace, model_cfg: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed (see :func:`fit_snn`)."""
+    ident = {"name": name, **model_cfg, **({"val_split": args.val_split} if args.val_split else {})}
+    if name == "csnn" and distributed.world_size() > 1 and not getattr(args, "sync_bn", False):
+        ident["bn_processes"] = distributed.world_size()  # BatchNorm over each process's share of a batch
+    return ident
+
+
 def _train_one(name, args, out: Path, model_cfg, train, test, classes) -> dict[str, Any]:
     cfg = _train_config(name, args)
+    device = device_of(args)
     torch.manual_seed(args.seed)
     model = create_model(name, **model_cfg)
     t0 = time.perf_counter()
@@ -263,15 +275,19 @@ def _train_one(name, args, out: Path, model_cfg, train, test, classes) -> dict[s
     stats, last_stats = SpikeStats(model).attach(), {}
 
     def keep_stats(epoch: int, row: dict[str, float]) -> None:
-        if stats.images:
-            last_stats["stats"] = stats.summary()
+        summary = stats.summary() if stats.images else None
+        if distributed.active():  # each rank counted its share of the test pass
+            parts = [s for s in distributed.all_gather_rows(summary) if s is not None]
+            summary = merge_summaries(parts) if parts else None
+        if summary is not None:
+            last_stats["stats"] = summary
         stats.reset()
 
     try:
         history = fit_snn(
             model, train, test, cfg, out_dir=out, resume=args.resume, progress=not args.no_progress,
-            model_config={"name": name, **model_cfg, **({"val_split": args.val_split} if args.val_split else {})},
-            on_epoch=keep_stats,
+            model_config=_identity(name, args, model_cfg), on_epoch=keep_stats, device=device,
+            sync_bn=getattr(args, "sync_bn", False),
         )
     finally:
         stats.detach()
@@ -279,8 +295,8 @@ def _train_one(name, args, out: Path, model_cfg, train, test, classes) -> dict[s
     # predictions on 10 random test images
     gen = torch.Generator().manual_seed(args.seed)
     idx = torch.randperm(len(test[1]), generator=gen)[:10]
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-        pred = predict(model(test[0][idx], generator=gen))
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+        pred = predict(model(test[0][idx].to(device), generator=gen)).cpu()
     plot_predictions(test[0][idx], test[1][idx].tolist(), pred.tolist(), classes, out / "predictions.png",
                      title=f"{name}: 10 random test images")
     plot_history(history, out / "curves.png", title=f"{name} ({args.dataset})")
@@ -302,11 +318,12 @@ def _train_one(name, args, out: Path, model_cfg, train, test, classes) -> dict[s
         "training": asdict(cfg),
         "recipe": {"name": args.recipe, "overridden": list(args.overrides)},
         "environment": environment(),
+        **parallel_info(device),
     }
     if last_stats:
         metrics["spike_stats"] = last_stats["stats"]
         plot_spike_stats(last_stats["stats"], out / "spike_stats.png", title=f"{name} on {args.dataset}: test set")
-    nir_export = export_file(args, model.eval(), None)
+    nir_export = export_file(args, model.cpu().eval(), None)
     if nir_export:
         metrics["nir_export"] = {**nir_export, "input": "Poisson spikes" if name == "fc-poisson" else "the image"}
     write_json(out / "metrics.json", metrics)
@@ -436,6 +453,7 @@ def _sweep(args: argparse.Namespace, out: Path, train, test, classes) -> dict[st
 def _runner(name: str):
     def run(args: argparse.Namespace) -> dict[str, Any]:
         args.settings, args.overrides = resolve_settings(name, args)
+        device_of(args)  # an unusable --device fails before any work
         out = prepare_out_dir(args.out)
         if args.resume and not (name == "fc-lif" and args.sweep) and not (out / "checkpoint.pt").is_file():
             raise CheckpointError(f"--resume: no checkpoint to resume from in --out {out} "
