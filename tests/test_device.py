@@ -36,6 +36,11 @@ def test_resolve_device_here():
 @pytest.mark.parametrize("argv", [
     ["run", "lenet5-convert", "--epochs", "1"],
     ["study", "backbones", "--preset", "smoke"],
+    ["run", "fc-lif", "--epochs", "1"],
+    ["run", "fc-poisson", "--epochs", "1"],
+    ["run", "csnn", "--epochs", "1", "--sync-bn"],
+    ["run", "cifar-convert", "--epochs", "1"],
+    ["run", "unet-convert", "--quick"],
 ])
 def test_device_option_errors_in_one_line_before_any_work(argv, tmp_path, capsys):
     out = tmp_path / "out"
@@ -44,6 +49,44 @@ def test_device_option_errors_in_one_line_before_any_work(argv, tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith(f"spikeforge: error: --device {bad}: "), err
     assert not out.exists()
+
+
+def test_every_experiment_takes_device_and_sync_bn_where_it_has_batchnorm():
+    from spikeforge.cli import build_parser
+
+    parser = build_parser()
+    for name in ("lenet5-convert", "fc-lif", "fc-poisson", "csnn", "cifar-convert", "unet-convert"):
+        args = parser.parse_args(["run", name, "--device", "cuda:1"])
+        assert args.device == "cuda:1", name
+        assert parser.parse_args(["run", name]).device == "auto", name
+    for name in ("lenet5-convert", "csnn", "cifar-convert", "unet-convert"):  # networks with BatchNorm
+        assert parser.parse_args(["run", name, "--sync-bn"]).sync_bn is True, name
+    for name in ("fc-lif", "fc-poisson"):  # no BatchNorm: no --sync-bn
+        with pytest.raises(SystemExit):
+            parser.parse_args(["run", name, "--sync-bn"])
+
+
+def test_fc_poisson_trains_on_the_named_device(tmp_path):
+    """--device cpu reaches the training and metrics.json (on a GPU machine --device cuda too: the Poisson
+    spikes come from a CPU generator there as well)."""
+    import json
+
+    from spikeforge.data.idx import write_idx
+
+    rng = torch.Generator().manual_seed(0)
+    (tmp_path / "data").mkdir()
+    for prefix, n in (("train", 40), ("t10k", 20)):
+        write_idx(tmp_path / "data" / f"{prefix}-images-idx3-ubyte.gz",
+                  (torch.rand(n, 28, 28, generator=rng) * 255).to(torch.uint8).numpy())
+        write_idx(tmp_path / "data" / f"{prefix}-labels-idx1-ubyte.gz", (torch.arange(n) % 10).to(torch.uint8).numpy())
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        out = tmp_path / device
+        code = main(["run", "fc-poisson", "--dataset", "mnist", "--data-dir", str(tmp_path / "data"), "--epochs", "1",
+                     "--T", "4", "--batch-size", "20", "--device", device, "--no-progress", "--out", str(out)])
+        assert code == 0
+        m = json.loads((out / "metrics.json").read_text())
+        assert m["device"].startswith(device) and m["processes"] == 1
 
 
 def test_shard_bounds_cover_every_item_once():
@@ -123,3 +166,25 @@ def test_other_devices_take_the_pytorch_path():
     s, h, v = lif_seq(x, beta=0.9)
     (s.sum() + h.sum()).backward()
     assert s.device.type == h.device.type == x.grad.device.type == "meta"
+
+
+def test_shares_of_a_batch_draw_the_random_numbers_of_the_whole_batch():
+    """What a data-parallel rank does with rows=(start, end, total): Poisson spikes and dropout masks
+    of its share equal those rows of a one-process draw on the whole batch."""
+    from spikeforge.encoding import poisson
+
+    x = torch.rand(7, 1, 28, 28)
+    whole = poisson(x, 5, generator=torch.Generator().manual_seed(3))
+    for start, end in ((0, 4), (4, 7), (7, 7)):
+        part = poisson(x[start:end], 5, generator=torch.Generator().manual_seed(3), rows=(start, end, 7))
+        assert torch.equal(part, whole[:, start:end])
+    with pytest.raises(ValueError, match="rows"):
+        poisson(x[:3], 5, rows=(0, 4, 7))
+    torch.manual_seed(0)
+    for name, kw in (("fc-lif", dict(hidden=12, T=3, dropout=0.5)), ("fc-poisson", dict(T=3))):
+        model = create_model(name, **kw).train()
+        full = model(x, generator=torch.Generator().manual_seed(1))
+        for start, end in ((0, 4), (4, 7)):
+            share = model(x[start:end], generator=torch.Generator().manual_seed(1), rows=(start, end, 7))
+            assert torch.equal(share.spikes, full.spikes[:, start:end]), name
+            torch.testing.assert_close(share.membrane, full.membrane[:, start:end], rtol=1e-6, atol=1e-6)

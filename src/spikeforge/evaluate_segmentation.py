@@ -21,6 +21,7 @@ from spikeforge.convert import SpikingModel
 from spikeforge.data.segmentation import SegmentationSet, tiled_predict
 from spikeforge.metrics.segmentation import SegmentationScores
 from spikeforge.metrics.spikes import SpikeStats
+from spikeforge.train.engine import model_device
 
 __all__ = [
     "SpikeCounter",
@@ -107,7 +108,7 @@ def snn_mean_logits(
     t = 0
     watch = counter.watching(snn) if counter is not None else contextlib.nullcontext()
     analog = analog_input_float32(snn) if bf16 else contextlib.nullcontext()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), watch, analog:
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16), watch, analog:
         for y in snn.stream(x, wanted[-1], chunk=chunk, record=counter is not None):
             for k in range(y.shape[0]):
                 t += 1
@@ -164,11 +165,14 @@ def analog_input_float32(snn: SpikingModel) -> Iterator[list[str]]:
 
 
 def _ann_fn(model: nn.Module, channels_last: bool, bf16: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    device = model_device(model)
+
     def run(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            return model(x).float().contiguous()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            return model(x).float().contiguous().cpu()
 
     return run
 
@@ -189,7 +193,8 @@ def evaluate_ann_segmentation(
     """Metrics of ``model`` on slices ``indices``; returns ``(scores, seconds)``.
 
     ``on_slice(i, logits [1, 1, H, W])`` is called for every slice. ``bf16`` runs the
-    model under bfloat16 autocast (logits returned as float32).
+    model under bfloat16 autocast (logits returned as float32). The windows run on the
+    model's device; the logits come back to the CPU.
     """
     model.eval()
     if channels_last:
@@ -232,13 +237,14 @@ def evaluate_snn_segmentation(
     ``bf16``: see :func:`snn_mean_logits`.
     """
     scores = {int(t): SegmentationScores() for t in steps}
+    device = model_device(snn)
     seconds = 0.0
     for n, i in enumerate(indices):
         x = data.image(i)
         t0 = time.perf_counter()
         count = counter if count_slices is None or n < count_slices else None
         logits = tiled_predict(
-            lambda w: snn_mean_logits(snn, w, steps, counter=count, bf16=bf16), x,
+            lambda w: snn_mean_logits(snn, w.to(device), steps, counter=count, bf16=bf16).cpu(), x,
             tile=tile, overlap=overlap, multiple=multiple,
         )
         seconds += time.perf_counter() - t0

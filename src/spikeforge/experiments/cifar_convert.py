@@ -21,14 +21,17 @@ from typing import Any
 
 import torch
 
+from spikeforge import distributed
 from spikeforge.convert import convert
 from spikeforge.data import dataset_names
 from spikeforge.errors import ConfigError, IncompatibleDataError
 from spikeforge.evaluate import evaluate_snn
 from spikeforge.experiments.common import (
+    add_device_arguments,
     add_method_arguments,
     add_val_split_argument,
     command_line,
+    device_of,
     method_name,
     method_options,
     environment,
@@ -37,6 +40,7 @@ from spikeforge.experiments.common import (
     load_split_tensors,
     nonnegative_float,
     number,
+    parallel_info,
     percentile_value,
     positive_int,
     prepare_out_dir,
@@ -142,6 +146,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted training from checkpoint.pt")
     p.add_argument("--retrain", action="store_true", help="ignore a trained model.pt in --out")
     p.add_argument("--no-progress", action="store_true")
+    add_device_arguments(p)
     add_export_argument(p, converted=True)
 
 
@@ -160,7 +165,10 @@ def resolve_recipe(args: argparse.Namespace) -> None:
 
 
 def _config(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in ((k, getattr(args, k)) for k in TRAIN_KEYS)}
+    config = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in ((k, getattr(args, k)) for k in TRAIN_KEYS)}
+    if distributed.world_size() > 1 and not getattr(args, "sync_bn", False):
+        config["bn_processes"] = distributed.world_size()  # BatchNorm over each process's share of a batch
+    return config
 
 
 def _stored_config(payload: dict[str, Any]) -> dict[str, Any]:
@@ -189,7 +197,8 @@ def _build(args: argparse.Namespace, in_channels: int, num_classes: int, image_s
     return build_model(_config(args), in_channels, num_classes, image_size)
 
 
-def _train_or_load(args, out: Path, train, test, num_classes: int) -> tuple[torch.nn.Module, list, bool, float]:
+def _train_or_load(args, out: Path, train, test, num_classes: int,
+                   device: torch.device | None = None) -> tuple[torch.nn.Module, list, bool, float]:
     config = _config(args)
     model = _build(args, train[0].shape[1], num_classes, train[0].shape[-1])
     final, ckpt = out / "model.pt", out / "checkpoint.pt"
@@ -199,7 +208,7 @@ def _train_or_load(args, out: Path, train, test, num_classes: int) -> tuple[torc
             if _stored_config(payload) == config:
                 load_state(model, payload["model"], final)
                 print(f"loaded the trained network from {final} (same training options)")
-                return model.eval(), list(payload["history"]), True, float(payload["train_seconds"])
+                return model.to(device or "cpu").eval(), list(payload["history"]), True, float(payload["train_seconds"])
             print(f"{final} was trained with other options; training again")
         except (CheckpointError, RuntimeError) as exc:
             print(f"warning: {final}: {exc}; training again")
@@ -236,7 +245,7 @@ def _train_or_load(args, out: Path, train, test, num_classes: int) -> tuple[torc
             warmup=args.warmup, label_smoothing=args.label_smoothing, bias_lr_scale=args.bias_lr_scale,
             augment_shift=args.translate, flip=True, bf16=bf16, channels_last=bf16, seed=args.seed,
             progress=not args.no_progress, start_epoch=start, history=history, opt_state=opt_state,
-            on_state=on_state,
+            on_state=on_state, device=device, sync_bn=getattr(args, "sync_bn", False),
         )
     train_seconds = spent + time.perf_counter() - t0
     save_checkpoint(final, {"model": model.state_dict(), "config": config, "history": history,
@@ -304,6 +313,7 @@ def _report(m: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     resolve_recipe(args)
     method_options(args)  # bad method options fail before any work
+    device = device_of(args)  # so does an unusable --device
     out = prepare_out_dir(args.out)
     if args.resume and not (out / "checkpoint.pt").is_file() and not (out / "model.pt").is_file():
         raise CheckpointError(f"--resume: no checkpoint to resume from in --out {out} (expected {out / 'checkpoint.pt'})")
@@ -316,14 +326,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     options.update(method_options(args))
     check_exportable(args, lambda: convert(_build(args, train[0].shape[1], len(classes), train[0].shape[-1]).eval(), train[0][:64],
                                            batch_size=64, max_batches=1, **options), tuple(train[0].shape[1:]))
-    model, history, reused, train_seconds = _train_or_load(args, out, train, test, len(classes))
+    model, history, reused, train_seconds = _train_or_load(args, out, train, test, len(classes), device)
+    model.to(device)
     t0 = time.perf_counter()
     ann_acc, _ = evaluate_classifier(model, *test, batch_size=500)
     ann_ips = len(test[1]) / (time.perf_counter() - t0)
 
     gen = torch.Generator().manual_seed(args.seed + 1)
     calib = train[0][torch.randperm(len(train[1]), generator=gen)[: 256 * args.calib_batches]]
-    snn = convert(model, calib, batch_size=256, max_batches=args.calib_batches, channels_last=True, **options)
+    # converted on the CPU (calibration is a few batches), evaluated on the device
+    snn = convert(model.cpu(), calib, batch_size=256, max_batches=args.calib_batches, channels_last=True, **options)
+    model.to(device)
+    snn.to(device)
     n_snn = min(len(test[1]), args.snn_limit or len(test[1]))
     x_snn, y_snn = test[0][:n_snn], test[1][:n_snn]
     ann_snn_images = ann_acc if n_snn == len(test[1]) else evaluate_classifier(model, x_snn, y_snn)[0]
@@ -354,7 +368,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "history": history,
         "environment": environment(),
         "spike_stats": res["spike_stats"],
+        **parallel_info(device),
     }
+    snn.cpu()
     plot_spike_stats(res["spike_stats"], out / "spike_stats.png", title=f"{net_name(_config(args))} on {args.dataset}: converted SNN")
     nir_export = export_file(args, snn, tuple(train[0].shape[1:]))
     if nir_export:

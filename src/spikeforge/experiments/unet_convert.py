@@ -53,6 +53,7 @@ from typing import Any
 
 import torch
 
+from spikeforge import distributed
 from spikeforge._native.memory import keep_freed_memory
 from spikeforge.convert import convert
 from spikeforge.data.segmentation import SEGMENTATION_DATASETS, PatchSampler, SegmentationSet, load_segmentation
@@ -64,8 +65,9 @@ from spikeforge.evaluate_segmentation import (
 )
 from spikeforge.errors import ConfigError
 from spikeforge.experiments.common import (
-    add_method_arguments, command_line, environment, fraction, integer, learning_rate, method_name, method_options,
-    nonnegative_float, nonnegative_int, percentile_value, positive_int, prepare_out_dir, seed_int, unit_interval,
+    add_device_arguments, add_method_arguments, command_line, device_of, environment, fraction, integer,
+    learning_rate, method_name, method_options, nonnegative_float, nonnegative_int, parallel_info, percentile_value,
+    positive_int, prepare_out_dir, seed_int, unit_interval,
 )
 from spikeforge.experiments.registry import Experiment
 from spikeforge.io import atomic_write, write_json, write_text
@@ -167,6 +169,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="CPU threads (0 = PyTorch's default; --quick uses 1: its tensors are tiny)")
     p.add_argument("--retrain", action="store_true", help="ignore a cached checkpoint in --out")
     p.add_argument("--no-progress", action="store_true")
+    add_device_arguments(p)
     add_export_argument(p, converted=True)
 
 
@@ -380,6 +383,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     cfg = _resolve(args)
     _check_geometry(cfg)
     method_options(args)  # bad method options fail before any work
+    device = device_of(args)  # so does an unusable --device
     out = prepare_out_dir(args.out)
     torch.manual_seed(args.seed)
 
@@ -406,6 +410,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         warmup=cfg["warmup"], weight_decay=cfg["weight_decay"], augment=cfg["augment"], jitter=cfg["jitter"],
         bf16=cfg["bf16"],
     )
+    if distributed.world_size() > 1 and not getattr(args, "sync_bn", False):
+        train_cfg["bn_processes"] = distributed.world_size()  # BatchNorm over each process's share of a batch
     ckpt = out / "unet.pt"
     if args.retrain and ckpt.exists():
         ckpt.unlink()
@@ -417,6 +423,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         config=train_cfg, log_every=max(1, min(50, cfg["steps"] // 10)), progress=not args.no_progress,
         channels_last=True, schedule=cfg["schedule"], warmup=cfg["warmup"], bf16=cfg["bf16"],
         on_log=lambda r: _log(f"step {r['step']}: loss {r['loss']:.4f} ({r['seconds']:.0f} s)"),
+        device=device, sync_bn=getattr(args, "sync_bn", False),
     )
     train_seconds = time.perf_counter() - t0
     model.eval()
@@ -455,7 +462,9 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     calib_sampler = PatchSampler(train, cfg["calib_patch"], seed=args.seed + 7919, augment=False)
     calib = [calib_sampler.batch(b, 8)[0] for b in range(cfg["calib_batches"])]
     options = _conversion_options(args, cfg)
-    snn = convert(model, calib, max_batches=None, **options)
+    # converted on the CPU (a few calibration batches), evaluated on the device
+    snn = convert(model.cpu(), calib, max_batches=None, **options)
+    snn.to(device)
 
     curve_steps = sorted(set(power_of_two_steps(curve_T)) | {T})
     counter = SpikeCounter(stats=True)  # rates, SOPs and energy on the first curve slice
@@ -542,7 +551,9 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         "history": history,
         "example_images": {str(k): v for k, v in sorted(example_images.items())},
         "environment": environment(),
+        **parallel_info(device),
     }
+    snn.cpu()
     spike_stats = counter.spike_stats()
     if spike_stats:
         metrics["spike_stats"] = spike_stats
