@@ -25,7 +25,7 @@ from torch import nn
 from spikeforge.errors import ConfigError
 
 __all__ = [
-    "DEVICE_HELP", "active", "all_gather_rows", "all_reduce_sum", "barrier", "env_world_size", "finalize",
+    "DEVICE_HELP", "active", "all_gather_rows", "all_reduce_sum", "all_reduce_tensor", "barrier", "env_world_size", "finalize",
     "initialize", "is_main", "rank", "resolve_device", "shard_bounds", "sync_batchnorm", "world_size",
 ]
 
@@ -153,6 +153,21 @@ def all_reduce_sum(values: Sequence[float] | torch.Tensor) -> list[float]:
         t = t.to(_comm_device())
         dist.all_reduce(t)
     return [float(v) for v in t.cpu()]
+
+
+def all_reduce_tensor(t: torch.Tensor) -> torch.Tensor:
+    """Differentiable element-wise sum of ``t`` over the ranks (``t`` itself outside a group).
+
+    The gradient of every rank's copy of the sum flows back to every rank's summand:
+    a loss computed alike on all ranks from global sums, weighted as the engine
+    weights a rank's share, gets DDP's averaged gradient right (see
+    :func:`spikeforge.train.segmentation.bce_dice_loss`).
+    """
+    if not active():
+        return t
+    from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
+
+    return differentiable_all_reduce(t)
 
 
 def all_reduce_max(value: float) -> float:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spikeforge import distributed as D
 from spikeforge.data.segmentation import PatchSampler
 from spikeforge.errors import ConfigError
 from spikeforge.train.checkpoint import CheckpointError, load_checkpoint, load_state, save_checkpoint
@@ -34,15 +35,25 @@ SCHEDULES: tuple[str, ...] = ("onecycle", "cosine", "linear", "constant")
 _REQUIRED = ("model", "optimizer", "scheduler", "step", "config", "history", "done")
 
 
-def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, *, dice_weight: float = 1.0, eps: float = 1.0) -> torch.Tensor:
-    """``BCE(σ(z), g) + w · (1 − soft Dice)``, soft Dice ``= (2Σpg + ε) / (Σp + Σg + ε)`` per batch."""
+def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, *, dice_weight: float = 1.0, eps: float = 1.0,
+                  reduce_sums: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """``BCE(σ(z), g) + w · (1 − soft Dice)``, soft Dice ``= (2Σpg + ε) / (Σp + Σg + ε)`` per batch.
+
+    ``reduce_sums`` maps the three sums ``[Σpg, Σp, Σg]`` of this share of a batch to
+    those of the whole batch (under DDP :func:`spikeforge.distributed.all_reduce_tensor`):
+    the Dice term is then the one of the global batch on every rank.
+    """
     if logits.shape != target.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} differ in shape")
     bce = F.binary_cross_entropy_with_logits(logits, target)
     if dice_weight == 0:
         return bce
     p = torch.sigmoid(logits)
-    dice = (2 * (p * target).sum() + eps) / (p.sum() + target.sum() + eps)
+    if reduce_sums is None:
+        dice = (2 * (p * target).sum() + eps) / (p.sum() + target.sum() + eps)
+    else:
+        inter, total_p, total_g = reduce_sums(torch.stack([(p * target).sum(), p.sum(), target.sum()]))
+        dice = (2 * inter + eps) / (total_p + total_g + eps)
     return bce + dice_weight * (1 - dice)
 
 
@@ -164,7 +175,9 @@ def train_segmenter(
         share = eng.share
         with eng.autocast():
             logits = eng.net(xb)
-        loss = bce_dice_loss(logits.float(), yb, dice_weight=dice_weight)
+        # the Dice term of the global batch: its sums are added over the ranks (differentiably)
+        loss = bce_dice_loss(logits.float(), yb, dice_weight=dice_weight,
+                             reduce_sums=D.all_reduce_tensor if eng.world > 1 else None)
         eng.update(loss, where=f"step {step + 1}")
         return {"loss": float(loss.detach()) * share, "n": share}
 
