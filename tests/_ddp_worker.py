@@ -1,9 +1,10 @@
 """Run by tests/test_distributed.py, alone or under torchrun: one spikeforge command line.
 
 Afterwards each rank saves, into the dump folder given first, the weights its training
-ended with (``rank{R}.pt``) and the files it created or renamed anywhere below the
+ended with (``rank{R}.pt``; nothing when interrupted) and the files it created or renamed anywhere below the
 command's ``--out`` (``rank{R}.writes``), so the test can compare ranks and check that
-only rank 0 wrote. This file is test scaffolding; spikeforge knows nothing of it.
+only rank 0 wrote. ``SPIKEFORGE_TEST_STOP_AFTER_EPOCH=E`` interrupts a BPTT training
+(Ctrl-C) right after epoch E, as a user would. This file is test scaffolding; spikeforge knows nothing of it.
 """
 
 from __future__ import annotations
@@ -41,8 +42,23 @@ def replace(src, dst, *args, **kwargs):
 tempfile.mkstemp, os.replace = mkstemp, replace
 
 
+stop_after = int(os.environ.get("SPIKEFORGE_TEST_STOP_AFTER_EPOCH", "0"))
+
+
 def capturing(train):
     def run(model, *args, **kwargs):
+        if stop_after and "on_epoch" in kwargs:  # an interruption right after that epoch's checkpoint
+            user = kwargs["on_epoch"]
+
+            def on_epoch(epoch, row):
+                if user is not None:
+                    user(epoch, row)
+                if epoch == stop_after:
+                    if torch.distributed.is_initialized():
+                        torch.distributed.barrier()  # rank 0 has written the checkpoint: all stop together
+                    raise KeyboardInterrupt
+
+            kwargs["on_epoch"] = on_epoch
         result = train(model, *args, **kwargs)
         captured.update({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
         return result
