@@ -75,6 +75,9 @@ def main() -> int:
     ap.add_argument("--T", type=int, default=64)
     ap.add_argument("--method", action="append", default=[])
     ap.add_argument("--calib-batches", type=int, default=8)
+    ap.add_argument("--precision", choices=("fp32", "bf16", "both"), default="fp32",
+                    help="spikeforge's SNNs in float32, with bfloat16 convolutions (float32 membranes), "
+                         "or both one after the other (accuracy and images/s side by side)")
     ap.add_argument("--sj", action="append", default=[], help="SpikingJelly recipe: a percentile such as 99.9%%, or ltb")
     args = ap.parse_args()
     run = Path(args.run)
@@ -95,13 +98,21 @@ def main() -> int:
         t0 = time.perf_counter()
         snn = convert(model, calib, batch_size=256, max_batches=args.calib_batches, channels_last=True, **kw)
         conv_s = time.perf_counter() - t0
-        res = evaluate_snn(snn, xs, ys, args.T, batch_size=250)
-        acc = res["accuracy"]
-        shown = {t: acc[t - 1] for t in (1, 2, 4, 8, 16, 32, 64, 128) if t <= args.T}
-        rows[text] = {"options": kw, "convert_seconds": conv_s, "eval_seconds": res["seconds"],
-                      "snn_accuracy": {str(t + 1): a for t, a in enumerate(acc)}}
-        print(f"{text:24s} convert {conv_s:5.0f} s | " + " ".join(f"T{t}={a:.4f} ({100 * (a - ann):+.2f})"
-                                                             for t, a in shown.items()), flush=True)
+        precisions = ("fp32", "bf16") if args.precision == "both" else (args.precision,)
+        speed = {}
+        for precision in precisions:
+            res = evaluate_snn(snn, xs, ys, args.T, batch_size=250, bf16=precision == "bf16", spike_stats=False)
+            acc = res["accuracy"]
+            shown = {t: acc[t - 1] for t in (1, 2, 4, 8, 16, 32, 64, 128) if t <= args.T}
+            key = text if len(precisions) == 1 or precision == "fp32" else f"{text} [bf16]"
+            rows[key] = {"options": kw, "precision": precision, "convert_seconds": conv_s,
+                         "eval_seconds": res["seconds"], "images_per_second": res["images_per_second"],
+                         "snn_accuracy": {str(t + 1): a for t, a in enumerate(acc)}}
+            speed[precision] = res["images_per_second"]
+            print(f"{key:24s} convert {conv_s:5.0f} s, {res['images_per_second']:6.1f} img/s at T={args.T} | "
+                  + " ".join(f"T{t}={a:.4f} ({100 * (a - ann):+.2f})" for t, a in shown.items()), flush=True)
+        if len(speed) == 2:
+            print(f"{text}: bf16 SNN {speed['bf16'] / speed['fp32']:.2f}x the float32 SNN's images/s (same run)")
     sj_rows = {}
     if args.sj:
         sys.path.insert(0, str(Path(__file__).resolve().parent))

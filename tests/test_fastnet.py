@@ -119,28 +119,34 @@ def test_fastnet_options_are_checked():
         create_model("cifar-fast", act="gelu")
 
 
-def test_sgd_recipe_resumes_exactly():
+@pytest.mark.parametrize("lookahead", [False, True])
+def test_sgd_recipe_resumes_exactly(lookahead):
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(96, 1, 28, 28, generator=g), torch.randint(0, 10, (96,), generator=g)
-    kw = dict(epochs=3, batch_size=32, lr=0.05, weight_decay=1e-3, optimizer="sgd", schedule="linear",
-              label_smoothing=0.2, bias_lr_scale=8, augment_shift=2, flip=True, progress=False, seed=1)
+    kw = dict(epochs=4, batch_size=16, lr=0.05, weight_decay=1e-3, optimizer="sgd", schedule="linear",
+              label_smoothing=0.2, bias_lr_scale=8, augment_shift=2, flip=True, progress=False, seed=1,
+              lookahead=lookahead)
 
     def fresh():
         torch.manual_seed(5)
         return create_model("cifar-fast", in_channels=1, widths=(4, 8, 8))
 
     full = fresh()
-    h_full = train_classifier(full, (x, y), **kw)
     states = {}
-    part = fresh()
-    train_classifier(part, (x, y), **{**kw, "epochs": 3}, on_state=lambda e, s: states.setdefault(e, copy.deepcopy((s, part.state_dict()))))
-    resumed = fresh()
-    state, weights = states[1]
-    resumed.load_state_dict(weights)
-    h_res = train_classifier(resumed, (x, y), **kw, start_epoch=2, history=state["history"], opt_state=state)
-    assert [r["train_loss"] for r in h_res] == pytest.approx([r["train_loss"] for r in h_full])
-    for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
-        assert torch.equal(a, b)
+    h_full = train_classifier(full, (x, y), **kw,
+                              on_state=lambda e, s: states.setdefault(e, copy.deepcopy((s, full.state_dict()))))
+    for epoch in (1, 2):  # before and after the averaging starts (step 6 of 24)
+        resumed = fresh()
+        state, weights = states[epoch]
+        resumed.load_state_dict(weights)
+        h_res = train_classifier(resumed, (x, y), **kw, start_epoch=epoch + 1, history=state["history"], opt_state=state)
+        assert [r["train_loss"] for r in h_res] == pytest.approx([r["train_loss"] for r in h_full])
+        for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
+            assert torch.equal(a, b)
+    if lookahead:  # the averaging did change the weights
+        plain = fresh()
+        train_classifier(plain, (x, y), **{**kw, "lookahead": False})
+        assert not torch.equal(plain.fc.weight, full.fc.weight)
 
 
 def _write_cifar(folder, n_per_batch=60, with_test=True, seed=0):
@@ -197,6 +203,11 @@ def test_cifar_convert_with_val_split_end_to_end(tmp_path, no_network):
     (out / "model.pt").unlink()
     assert main(args + ["--resume"]) == 0
     assert len(json.loads((out / "metrics.json").read_text())["history"]) == 2
+    # weight averaging is a training option: a new training, named in the report
+    assert main(args + ["--lookahead"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["training"]["lookahead"] is True and not m["checkpoint_reused"]
+    assert "weight averaging (lookahead)" in (out / "report.md").read_text()
 
 
 def test_cifar_without_test_batch_needs_val_split(tmp_path, no_network, capsys):
@@ -249,7 +260,11 @@ def test_cifar_convert_trains_a_backbone_with_its_own_recipe(tmp_path, no_networ
     assert sorted(m["snn_accuracy"], key=int) == ["1", "2", "3", "4"]
     assert m["parameters"] == sum(p.numel() for p in create_model("resnet18", width=0.0625).parameters())
     assert "`resnet18` at width ×0.0625" in (out / "report.md").read_text()
-    assert main(args) == 0 and json.loads((out / "metrics.json").read_text())["checkpoint_reused"]
+    assert m["snn_precision"] == "fp32"
+    assert main(args + ["--snn-bf16"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["checkpoint_reused"] and m["snn_precision"] == "bf16" and len(m["snn_accuracy"]) == 4
+    assert "bfloat16 convolutions" in (out / "report.md").read_text()
     assert main(args + ["--lr", "0.05"]) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["training"]["lr"] == 0.05 and not m["checkpoint_reused"]
@@ -270,3 +285,50 @@ def test_cached_model_from_before_the_model_option_is_reused():
     old = {"dataset": "cifar10", "widths": [8, 16, 16], "pool": "max", "activation": "relu", "levels": 8}
     assert _stored_config({"config": old})["model"] == "cifar-fast"
     assert isinstance(build_model(old, 3, 10), type(create_model("cifar-fast")))
+
+
+def test_bf16_snn_evaluation_follows_the_float32_snn():
+    """evaluate_snn(bf16=True): bfloat16 convolutions, float32 analog input and membranes."""
+    from spikeforge.convert import convert
+    from spikeforge.evaluate import evaluate_snn
+    from test_convert import randomize_bn
+
+    torch.manual_seed(0)
+    net = randomize_bn(create_model("cifar-fast", widths=(8, 16, 16)), seed=1).eval()
+    x = torch.rand(40, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    snn = convert(net, x, percentile=99.9, channels_last=True)
+    T = 24
+    fp32_out = snn(x, T).float().cumsum(0).argmax(-1)  # [T, N] running-sum decisions
+    labels = fp32_out[-1]
+    seen: dict[str, torch.dtype] = {}
+    hooks = [m.register_forward_pre_hook(lambda m, a, name=name: None if seen.setdefault(name, a[0].dtype) else None)
+             for name, m in snn.neurons().items()]
+    res = evaluate_snn(snn, x, labels, T, batch_size=20, bf16=True, spike_stats=False)
+    for h in hooks:
+        h.remove()
+    first, *later = snn.neurons()
+    assert seen[first] == torch.float32 and later and all(seen[n] == torch.bfloat16 for n in later)
+    ref = evaluate_snn(snn, x, labels, T, batch_size=20, spike_stats=False)
+    assert ref["accuracy"][-1] == 1.0  # labels are the float32 SNN's own decisions
+    assert len(res["accuracy"]) == T and res["accuracy"][-1] >= 0.85
+    assert torch.is_autocast_enabled("cpu") is False  # nothing left switched on
+
+
+def test_lookahead_moves_the_average_and_puts_it_in_the_net():
+    from spikeforge.train.ann import Lookahead
+
+    net = torch.nn.Linear(2, 1, bias=False)
+    net.weight.data.fill_(1.0)
+    la = Lookahead(net, total_steps=20, start_step=4, every=5, base=0.9, power=1.0)
+    la.after_step(4)  # not yet
+    assert la.avg is None
+    la.after_step(9)  # the average starts here, from the current weights
+    net.weight.data.fill_(3.0)
+    la.after_step(12)  # between updates: nothing
+    assert torch.all(net.weight == 3.0)
+    la.after_step(14)
+    rho = 0.9 ** 5 * (14 / 20)
+    assert torch.allclose(net.weight, torch.full_like(net.weight, rho * 1.0 + (1 - rho) * 3.0))
+    net.weight.data.fill_(7.0)
+    la.end_epoch()  # the net gets the average back
+    assert torch.allclose(net.weight, torch.full_like(net.weight, rho * 1.0 + (1 - rho) * 3.0))

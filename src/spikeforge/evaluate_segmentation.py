@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from spikeforge.convert import SpikingModel
+from spikeforge.evaluate import analog_input_float32  # noqa: F401  (kept importable from here)
 from spikeforge.data.segmentation import SegmentationSet, tiled_predict
 from spikeforge.metrics.segmentation import SegmentationScores
 from spikeforge.metrics.spikes import SpikeStats
@@ -122,46 +123,6 @@ def snn_mean_logits(
     assert out is not None
     order = [index[int(s)] for s in steps]
     return out[order] if order != list(range(len(wanted))) else out
-
-
-@contextlib.contextmanager
-def analog_input_float32(snn: SpikingModel) -> Iterator[list[str]]:
-    """Within this context, the SNN's layers that see only the static analog input (the
-    convolutions before the first neurons) run in float32 even under autocast.
-
-    They run once per input, so this costs nothing per step; in bfloat16 their output
-    (the constant current of the first neurons, a small difference of large terms for
-    an image with a bright background) was rounded once and then integrated at every
-    step: on a Lucchi UNet that lowered the SNN's Jaccard by 0.02 at T=32 while the
-    bfloat16 ANN kept the float32 ANN's. Yields the names of those layers.
-    """
-    from spikeforge.convert.core import _static_nodes
-
-    gm = snn.graph_module
-    static = _static_nodes(gm)
-    names = [str(n.target) for n in gm.graph.nodes if n.op == "call_module" and n in static]
-    contexts: list[torch.autocast] = []
-
-    def enter(module: nn.Module, args: tuple) -> tuple:
-        ctx = torch.autocast("cpu", enabled=False)
-        ctx.__enter__()
-        contexts.append(ctx)
-        return tuple(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
-
-    def leave(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-        contexts.pop().__exit__(None, None, None)
-
-    handles = []
-    try:
-        for name in names:
-            module = gm.get_submodule(name)
-            handles += [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
-        yield names
-    finally:
-        for h in handles:
-            h.remove()
-        while contexts:
-            contexts.pop().__exit__(None, None, None)
 
 
 def _ann_fn(model: nn.Module, channels_last: bool, bf16: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:

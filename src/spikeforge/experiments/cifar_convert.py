@@ -62,10 +62,10 @@ from spikeforge.train.checkpoint import load_state
 TRAIN_KEYS = (
     "dataset", "val_split", "epochs", "batch_size", "lr", "weight_decay", "momentum", "bias_lr_scale",
     "warmup", "label_smoothing", "translate", "widths", "pool", "activation", "levels", "precision", "seed",
-    "model", "width",
+    "model", "width", "lookahead",
 )
 #: What a cached model.pt written before ``--model``/``--width`` existed was trained as.
-_OLD_DEFAULTS = {"model": "cifar-fast", "width": None}
+_OLD_DEFAULTS = {"model": "cifar-fast", "width": None, "lookahead": False}
 
 #: Networks ``--model`` trains: the fast net, or a VGG/ResNet backbone of the study at ``--width``.
 MODELS = ("cifar-fast", "vgg11", "vgg13", "vgg16", "resnet18", "resnet34")
@@ -126,6 +126,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="learning-rate factor of BN biases " + d("bias_lr_scale"))
     p.add_argument("--warmup", type=_fraction, default=None, help="fraction of steps of linear warm-up " + d("warmup"))
     p.add_argument("--label-smoothing", type=_fraction, default=None, help=d("label_smoothing"))
+    p.add_argument("--lookahead", action=argparse.BooleanOptionalAction, default=False,
+                   help="average the weights over the last 70%% of the epochs and keep the average "
+                        "(a lookahead on an exponential moving average)")
     p.add_argument("--translate", type=int, choices=range(0, 9), default=2, metavar="PIXELS",
                    help="random translation of training images (0-8 pixels); flips always on")
     p.add_argument("--widths", type=_widths, default=[64, 256, 256], help="channels of the three blocks (cifar-fast)")
@@ -143,6 +146,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--snn-limit", type=positive_int, default=None,
                    help="evaluate the SNN on the first N evaluation images only (default: all)")
     p.add_argument("--eval-batch-size", type=positive_int, default=250)
+    p.add_argument("--snn-bf16", action=argparse.BooleanOptionalAction, default=False,
+                   help="run the SNN's convolutions in bfloat16 (membranes and the analog input stay float32)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted training from checkpoint.pt")
     p.add_argument("--retrain", action="store_true", help="ignore a trained model.pt in --out")
     p.add_argument("--no-progress", action="store_true")
@@ -245,7 +250,7 @@ def _train_or_load(args, out: Path, train, test, num_classes: int,
             warmup=args.warmup, label_smoothing=args.label_smoothing, bias_lr_scale=args.bias_lr_scale,
             augment_shift=args.translate, flip=True, bf16=bf16, channels_last=bf16, seed=args.seed,
             progress=not args.no_progress, start_epoch=start, history=history, opt_state=opt_state,
-            on_state=on_state, device=device, sync_bn=getattr(args, "sync_bn", False),
+            on_state=on_state, device=device, sync_bn=getattr(args, "sync_bn", False), lookahead=args.lookahead,
         )
     train_seconds = spent + time.perf_counter() - t0
     save_checkpoint(final, {"model": model.state_dict(), "config": config, "history": history,
@@ -274,7 +279,9 @@ def _report(m: dict[str, Any]) -> str:
         + f"{m['training']['activation']} activation, {m['parameters']:,} parameters. Training: {m['epochs']} epochs, "
         f"{m['training']['precision']}, batch {m['training']['batch_size']}, Nesterov SGD lr {m['training']['lr']} "
         f"(warm-up {m['training']['warmup']}, then linear decay), label smoothing {m['training']['label_smoothing']}, "
-        f"flip + {m['training']['translate']}-pixel translation; {m['train_seconds'] / 60:.1f} min of training "
+        f"flip + {m['training']['translate']}-pixel translation"
+        f"{', weight averaging (lookahead)' if m['training'].get('lookahead') else ''}; "
+        f"{m['train_seconds'] / 60:.1f} min of training "
         f"({'loaded from cache' if m['checkpoint_reused'] else 'this run'}).",
         "",
         f"ANN {split} accuracy: **{m['ann_accuracy']:.4f}** (on the SNN's images: {m['ann_accuracy_snn_images']:.4f}).",
@@ -302,7 +309,8 @@ def _report(m: dict[str, Any]) -> str:
         *[f"| {k} | {v:.4f} |" for k, v in m["firing_rates"].items()],
         "",
         f"Speed ({m['environment']['threads']} threads): ANN {m['ann_images_per_second']:.0f} images/s; "
-        f"SNN at T={T} {m['snn_images_per_second']:.1f} images/s.",
+        f"SNN at T={T} {m['snn_images_per_second']:.1f} images/s "
+        f"({'bfloat16 convolutions, float32 membranes' if m.get('snn_precision') == 'bf16' else 'float32'}).",
         "",
         "![training curves](training_curves.png)",
         "",
@@ -341,7 +349,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     n_snn = min(len(test[1]), args.snn_limit or len(test[1]))
     x_snn, y_snn = test[0][:n_snn], test[1][:n_snn]
     ann_snn_images = ann_acc if n_snn == len(test[1]) else evaluate_classifier(model, x_snn, y_snn)[0]
-    res = evaluate_snn(snn, x_snn, y_snn, args.T, batch_size=args.eval_batch_size, progress=not args.no_progress)
+    res = evaluate_snn(snn, x_snn, y_snn, args.T, batch_size=args.eval_batch_size, progress=not args.no_progress,
+                       bf16=args.snn_bf16)
     snn_acc = {str(t + 1): a for t, a in enumerate(res["accuracy"])}
     metrics: dict[str, Any] = {
         "experiment": "cifar-convert",
@@ -365,6 +374,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "ann_images_per_second": ann_ips,
         "snn_images_per_second": res["images_per_second"],
         "snn_seconds": res["seconds"],
+        "snn_precision": "bf16" if args.snn_bf16 else "fp32",
         "history": history,
         "environment": environment(),
         "spike_stats": res["spike_stats"],
