@@ -332,3 +332,34 @@ def test_lookahead_moves_the_average_and_puts_it_in_the_net():
     net.weight.data.fill_(7.0)
     la.end_epoch()  # the net gets the average back
     assert torch.allclose(net.weight, torch.full_like(net.weight, rho * 1.0 + (1 - rho) * 3.0))
+
+
+def test_cifar_convert_init_from_a_relu_run_fine_tunes_with_qcfs(tmp_path, no_network, capsys):
+    from spikeforge.cli import main
+    from spikeforge.experiments.cifar_convert import build_model, init_from_run
+    from spikeforge.layers import QCFS
+
+    data = _write_cifar(tmp_path / "cifar-10-batches-bin", with_test=False)
+    base = ["run", "cifar-convert", "--data-dir", str(data), "--val-split", "100", "--widths", "8,16,16",
+            "--T", "4", "--calib-batches", "1", "--no-progress"]
+    relu = tmp_path / "relu"
+    assert main(base + ["--epochs", "1", "--out", str(relu)]) == 0
+    # the ceilings start at the ReLU net's activation percentiles, the weights are the ReLU net's
+    cfg = json.loads((relu / "metrics.json").read_text())["training"]
+    qcfg = {**cfg, "activation": "qcfs", "levels": 4}
+    net = build_model(qcfg, 3, 10, 32)
+    images = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    lams = init_from_run(net, qcfg, relu, images, 10)
+    qcfs = {n for n, m in net.named_modules() if isinstance(m, QCFS)}
+    assert set(lams) == qcfs and all(v > 0 for v in lams.values()) and len(set(lams.values())) > 1
+    src = torch.load(relu / "model.pt", weights_only=True)["model"]
+    assert torch.equal(net.state_dict()["groups.1.conv2.weight"], src["groups.1.conv2.weight"])
+    out = tmp_path / "qcfs"
+    assert main(base + ["--epochs", "1", "--activation", "qcfs", "--levels", "4", "--init-from", str(relu),
+                        "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["training"]["init_from"] == str(relu) and m["training"]["activation"] == "qcfs"
+    assert "started from" in capsys.readouterr().out
+    # another layout is refused, naming what differs
+    rc = main(base + ["--epochs", "1", "--widths", "8,16,32", "--init-from", str(relu), "--out", str(tmp_path / "x")])
+    assert rc != 0 and "widths" in capsys.readouterr().err

@@ -62,10 +62,12 @@ from spikeforge.train.checkpoint import load_state
 TRAIN_KEYS = (
     "dataset", "val_split", "epochs", "batch_size", "lr", "weight_decay", "momentum", "bias_lr_scale",
     "warmup", "label_smoothing", "translate", "widths", "pool", "activation", "levels", "precision", "seed",
-    "model", "width", "lookahead",
+    "model", "width", "lookahead", "init_from",
 )
 #: What a cached model.pt written before ``--model``/``--width`` existed was trained as.
-_OLD_DEFAULTS = {"model": "cifar-fast", "width": None, "lookahead": False}
+_OLD_DEFAULTS = {"model": "cifar-fast", "width": None, "lookahead": False, "init_from": None}
+#: Training options that fix the network's layout (they must match for ``--init-from``).
+ARCH_KEYS = ("dataset", "model", "width", "widths", "pool")
 
 #: Networks ``--model`` trains: the fast net, or a VGG/ResNet backbone of the study at ``--width``.
 MODELS = ("cifar-fast", "vgg11", "vgg13", "vgg16", "resnet18", "resnet34")
@@ -129,6 +131,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lookahead", action=argparse.BooleanOptionalAction, default=False,
                    help="average the weights over the last 70%% of the epochs and keep the average "
                         "(a lookahead on an exponential moving average)")
+    p.add_argument("--init-from", default=None, metavar="RUN",
+                   help="start from the trained network of an earlier cifar-convert --out RUN (same layout; "
+                        "the activation may differ: a ReLU net fine-tuned with --activation qcfs gets each "
+                        "QCFS ceiling λ from the ReLU activations there, their 99.9th percentile)")
     p.add_argument("--translate", type=int, choices=range(0, 9), default=2, metavar="PIXELS",
                    help="random translation of training images (0-8 pixels); flips always on")
     p.add_argument("--widths", type=_widths, default=[64, 256, 256], help="channels of the three blocks (cifar-fast)")
@@ -202,6 +208,56 @@ def _build(args: argparse.Namespace, in_channels: int, num_classes: int, image_s
     return build_model(_config(args), in_channels, num_classes, image_size)
 
 
+@torch.no_grad()
+def init_from_run(model: torch.nn.Module, config: dict[str, Any], run: Path, images: torch.Tensor,
+                  num_classes: int, percentile: float = 99.9) -> dict[str, float]:
+    """Load the trained network of cifar-convert run ``run`` into ``model`` (same layout).
+
+    The layouts must match (:data:`ARCH_KEYS`); the activations may differ. QCFS
+    ceilings that the source does not have (a ReLU source) start at the ``percentile``
+    of the source's activation at the same place on ``images``; a QCFS source passes
+    its own. Returns the ceilings set, by module name. Errors name the run and the mismatch.
+    """
+    from spikeforge.layers import QCFS
+
+    path = run / "model.pt"
+    payload = load_checkpoint(path, required=("model", "config"))
+    source = _stored_config(payload)
+    wanted = {**_OLD_DEFAULTS, **config}
+    diff = [k for k in ARCH_KEYS if source.get(k) != wanted.get(k)]
+    if diff:
+        raise ConfigError(f"--init-from {run}: that network has another layout ("
+                          + ", ".join(f"{k}={source.get(k)!r}, here {wanted.get(k)!r}" for k in diff) + ")")
+    state = payload["model"]
+    src = build_model(source, images.shape[1], num_classes, images.shape[-1])
+    load_state(src, state, path)
+    ceilings = {name: m for name, m in model.named_modules() if isinstance(m, QCFS)}
+    missing = [f"{name}.threshold" for name in ceilings if f"{name}.threshold" not in state]
+    own = {k: v for k, v in model.state_dict().items()}
+    unknown = [k for k in state if k not in own]
+    if unknown:
+        raise ConfigError(f"--init-from {run}: its weights do not fit this network (unexpected {', '.join(unknown[:3])})")
+    load_state(model, {**{k: own[k] for k in missing}, **state}, path)
+    outputs: dict[str, torch.Tensor] = {}
+    hooks = [dict(src.named_modules())[name].register_forward_hook(
+        lambda m, a, y, name=name: outputs.__setitem__(name, y.detach().float().flatten()))
+        for name in ceilings if f"{name}.threshold" in missing]
+    try:
+        src.eval()(images)
+    finally:
+        for h in hooks:
+            h.remove()
+    set_to: dict[str, float] = {}
+    for name, y in outputs.items():
+        y = y[y > 0]
+        if y.numel() > 1 << 22:
+            y = y[torch.randperm(y.numel(), generator=torch.Generator().manual_seed(0))[: 1 << 22]]
+        lam = float(torch.quantile(y, percentile / 100)) if y.numel() else 1.0
+        ceilings[name].threshold.fill_(max(lam, 1e-3))
+        set_to[name] = float(ceilings[name].threshold)
+    return set_to
+
+
 def _train_or_load(args, out: Path, train, test, num_classes: int,
                    device: torch.device | None = None) -> tuple[torch.nn.Module, list, bool, float]:
     config = _config(args)
@@ -232,7 +288,12 @@ def _train_or_load(args, out: Path, train, test, num_classes: int,
         torch.manual_seed(args.seed)
         model = _build(args, train[0].shape[1], num_classes, train[0].shape[-1])
         gen = torch.Generator().manual_seed(args.seed)
-        if args.model == "cifar-fast":
+        if args.init_from is not None:
+            lams = init_from_run(model, config, Path(args.init_from),
+                                 train[0][torch.randperm(len(train[1]), generator=gen)[:1024]], num_classes)
+            print(f"started from {args.init_from}/model.pt" + (f"; QCFS ceilings from its activations: "
+                  + ", ".join(f"{v:.2f}" for v in lams.values()) if lams else ""))
+        elif args.model == "cifar-fast":
             init_whitening(model, train[0][torch.randperm(len(train[1]), generator=gen)[:5000]])
     t0 = time.perf_counter()
     bf16 = args.precision == "bf16"
