@@ -363,3 +363,5 @@ def test_cifar_convert_init_from_a_relu_run_fine_tunes_with_qcfs(tmp_path, no_ne
     # another layout is refused, naming what differs
     rc = main(base + ["--epochs", "1", "--widths", "8,16,32", "--init-from", str(relu), "--out", str(tmp_path / "x")])
     assert rc != 0 and "widths" in capsys.readouterr().err
+    rc = main(base + ["--epochs", "1", "--init-from", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y")])
+    assert rc != 0 and "nowhere" in capsys.readouterr().err and not (tmp_path / "y" / "checkpoint.pt").exists()

@@ -386,6 +386,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out = prepare_out_dir(args.out)
     if args.resume and not (out / "checkpoint.pt").is_file() and not (out / "model.pt").is_file():
         raise CheckpointError(f"--resume: no checkpoint to resume from in --out {out} (expected {out / 'checkpoint.pt'})")
+    if args.init_from is not None and not (Path(args.init_from) / "model.pt").is_file():
+        raise CheckpointError(f"--init-from {args.init_from}: no trained network there "
+                              f"(expected {Path(args.init_from) / 'model.pt'}, written by a finished cifar-convert run)")
     train, test, classes = load_split_tensors(args.dataset, args.data_dir, args.val_split)
     require_images(args.dataset, args.data_dir, train, test, model=args.model, num_classes=len(classes))
     h, w = train[0].shape[-2:]
