@@ -14,6 +14,12 @@ best of each, and inference images/s at T=32 for the
 ANN, spikeforge and SpikingJelly, measured in alternating repeats in this process,
 reported as medians and as ratios (the machines are noisy; only ratios within one
 run are meaningful). Writes a JSON summary next to the printed table (``--json``).
+
+``--select-T T`` chooses, within each group (the ReLU net's ``--method`` list and the QCFS
+net's ``--qcfs-method`` list), the method with the best accuracy at step T on
+``--select-images`` training images that the calibration did not use, and prints that
+method's test accuracy: a choice made without looking at the test set (the nets were
+trained on those images, so the figures there are only used to rank the methods).
 """
 
 from __future__ import annotations
@@ -89,6 +95,9 @@ def main() -> None:
     ap.add_argument("--split-threshold", action="store_true", help="with Γ > 1, spikeforge's threshold λ/Γ")
     ap.add_argument("--t-max", type=int, default=128, help="longest run (the table shows T ≤ this)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--select-T", type=int, default=None,
+                    help="pick each group's method by its accuracy at this T on held-out training images")
+    ap.add_argument("--select-images", type=int, default=5000)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t_list = [t for t in T_LIST if t <= args.t_max]
@@ -102,7 +111,20 @@ def main() -> None:
     ann_acc, _ = evaluate_classifier(model, x_test, y_test)
 
     gen = torch.Generator().manual_seed(0)
-    calib = train.as_float()[torch.randperm(len(train), generator=gen)[: 256 * 32]]
+    order = torch.randperm(len(train), generator=gen)
+    calib = train.as_float()[order[: 256 * 32]]
+    if args.select_T is not None and not (1 <= args.select_T <= max(t_list)):
+        raise SystemExit(f"--select-T must be in 1..{max(t_list)}, got {args.select_T}")
+    sel_idx = order[256 * 32 : 256 * 32 + args.select_images]
+    x_sel, y_sel = train.as_float()[sel_idx], train.labels[sel_idx]
+    if args.select_T is not None and len(y_sel) == 0:
+        raise SystemExit("--select-T: no training images are left beside the calibration images")
+    selection: dict[str, dict] = {}
+
+    def score(snn_run) -> float:
+        """Accuracy at --select-T on the held-out training images."""
+        return accuracy_curve(snn_run, x_sel, y_sel, args.select_T, args.batch)[args.select_T - 1]
+
     Tmax = max(t_list)
     curves: dict[str, list[float]] = {}
     eval_s: dict[str, float] = {}
@@ -115,6 +137,8 @@ def main() -> None:
         t0 = time.perf_counter()
         curves[f"sf {text}"] = accuracy_curve(lambda xb, T: snn(xb, T, record=False), x_test, y_test, Tmax, args.batch)
         eval_s[f"sf {text}"] = time.perf_counter() - t0
+        if args.select_T is not None:
+            selection.setdefault("relu", {})[f"sf {text}"] = score(lambda xb, T: snn(xb, T, record=False))
     qcfs_ann = None
     if args.qcfs_checkpoint:
         qmodel, qcfg = load_lenet5(args.qcfs_checkpoint, x_test.shape[1])
@@ -127,6 +151,8 @@ def main() -> None:
             qsnn = convert(qmodel, calib, batch_size=256, max_batches=32, **kw)
             name = f"sf QCFS L={qcfg['levels']}" + ("" if text == "qcfs" else f" {text}")
             curves[name] = accuracy_curve(lambda xb, T: qsnn(xb, T, record=False), x_test, y_test, Tmax, args.batch)
+            if args.select_T is not None:
+                selection.setdefault("qcfs", {})[name] = score(lambda xb, T: qsnn(xb, T, record=False))
     sj_snns = {}
     for mode in sj_modes:
         sj_snns[mode] = sj_convert(model, [(b, None) for b in calib.split(256)], mode=mode)
@@ -165,6 +191,16 @@ def main() -> None:
     best_sj = {T: max(curves[f"SJ {m}"][T - 1] for m in sj_modes) for T in t_list}
     print(f"{'best sf (ReLU net) - best SJ, pt':<{width}} | "
           + " | ".join(f"{100 * (best_sf[T] - best_sj[T]):+6.2f}" for T in t_list))
+    chosen = {}
+    for group, scores in selection.items():
+        best = max(scores, key=scores.get)
+        base = ann_acc if group == "relu" else qcfs_ann
+        chosen[group] = {"method": best, "selection_accuracy": scores,
+                         "test_accuracy": curves[best][args.select_T - 1],
+                         "test_minus_ann": curves[best][args.select_T - 1] - base}
+        print(f"selected at T={args.select_T} on {len(y_sel)} held-out training images ({group} net): {best} "
+              f"({', '.join(f'{n}: {v:.4f}' for n, v in scores.items())}) -> test "
+              f"{curves[best][args.select_T - 1]:.4f} ({100 * (curves[best][args.select_T - 1] - base):+.2f} pt)")
     print(f"\nimages/s at T=32 (median of {args.repeats}, batch {args.batch}; sf {methods[0]}, SJ {sj_modes[0]}):")
     for k, v in med.items():
         print(f"  {k:>12}: {v:10.0f}   runs: {', '.join(f'{s:.0f}' for s in speeds[k])}")
@@ -186,6 +222,7 @@ def main() -> None:
         "ann_over_spikeforge": med["ann"] / med["spikeforge"],
         "ann_over_spikingjelly": med["ann"] / med["spikingjelly"],
         "eval_seconds_T128": eval_s,
+        "selected": chosen,
         "command": " ".join(sys.argv),
     }
     if args.json:
