@@ -146,7 +146,8 @@ def analog_input_float32(snn: SpikingModel) -> Iterator[list[str]]:
     contexts: list[torch.autocast] = []
 
     def enter(module: nn.Module, args: tuple) -> tuple:
-        ctx = torch.autocast("cpu", enabled=False)
+        device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
+        ctx = torch.autocast(device, enabled=False)
         ctx.__enter__()
         contexts.append(ctx)
         return tuple(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
