@@ -13,7 +13,8 @@ SNNs are evaluated on the first ``--n`` images of the same held-out split. A met
 ``/pc`` appended for per-channel thresholds and ``/cbN`` for N correction batches
 (``mse+potential@8/pc/cb4``).
 Prints, per method, the conversion time and accuracy at T = 1, 2, 4, 8, 16, 32, 64, and
-writes ``methods.json`` into ``--run``.
+writes ``methods.json`` into ``--run`` (or to ``--json PATH``, so that a second comparison on
+the same run does not replace the first).
 
 ``--sj 99.9%`` / ``--sj ltb`` (repeatable) also converts the same trained net with
 SpikingJelly 2.0 (its rate-coding recipe at that percentile, or its local-threshold-balancing
@@ -86,6 +87,7 @@ def main() -> int:
     ap.add_argument("--head", type=int, default=1000,
                     help="the first N images: float32 comparison and SpikingJelly run there (0 = all)")
     ap.add_argument("--sj", action="append", default=[], help="SpikingJelly recipe: a percentile such as 99.9%%, or ltb")
+    ap.add_argument("--json", default=None, help="where to write the results (default: --run/methods.json)")
     args = ap.parse_args()
     run = Path(args.run)
     payload = load_checkpoint(run / "model.pt", required=("model", "config"))
@@ -171,7 +173,11 @@ def main() -> int:
             print(f"{t:<4d} {a:.4f} ({sf[0]:28s}) {b:.4f} ({pj[0]:10s})        {100 * (a - b):+.2f} pt")
     out = {"ann_accuracy": ann, "n": len(ys), "methods": rows, "head": head, "ann_accuracy_head": ann_head,
            "methods_head": head_rows, "spikingjelly_head": sj_rows, "command": " ".join(sys.argv)}
-    (run / "methods.json").write_text(json.dumps(out, indent=1))
+    target = Path(args.json) if args.json else run / "methods.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(json.dumps(out, indent=1))
+    tmp.replace(target)  # atomic: an interrupted write leaves the earlier results in place
     return 0
 
 
