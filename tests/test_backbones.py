@@ -12,6 +12,7 @@ from torch import fx
 from spikeforge.cli import main
 from spikeforge.convert import convert
 from spikeforge.data.augment import random_crop_flip, random_shift
+from spikeforge.errors import ConfigError
 from spikeforge.experiments.backbone_study import load_state_dict_file
 from spikeforge.models import create_model, list_models
 from spikeforge.train import CheckpointError
@@ -168,11 +169,12 @@ def test_random_views_are_seeded_valid_images():
     assert a.min() >= 0 and a.max() <= 1
 
 
-def test_simclr_pretraining_lowers_the_contrastive_loss():
+@pytest.mark.parametrize("bf16", [False, True])
+def test_simclr_pretraining_lowers_the_contrastive_loss(bf16):
     torch.manual_seed(0)
     x = torch.rand(8, 1, 12, 12).repeat(16, 1, 1, 1) * torch.rand(128, 1, 1, 1)  # 8 patterns, varied brightness
     model = create_model("resnet18", in_channels=1, width=1 / 16)
-    hist = pretrain_simclr(model, x, epochs=4, batch_size=64, lr=5e-3, progress=False)
+    hist = pretrain_simclr(model, x, epochs=4, batch_size=64, lr=5e-3, progress=False, bf16=bf16, channels_last=bf16)
     assert hist[-1]["contrastive_loss"] < hist[0]["contrastive_loss"]
 
 
@@ -202,6 +204,57 @@ def test_study_smoke_end_to_end_and_resume(tmp_path, capsys):
     log = capsys.readouterr().out
     assert "training" not in log and log.count("reused") == 4
     assert json.loads((out / "metrics.json").read_text()) == metrics
+
+
+def test_study_method_comes_from_the_preset_unless_the_command_line_names_one():
+    from argparse import Namespace
+
+    from spikeforge.experiments.backbone_study import PRESETS, study_method
+
+    quick, cpu = PRESETS["quick"], PRESETS["cpu"]
+    none = Namespace(threshold=None, correction=None, target_T=None)
+    assert study_method(none, quick) == {"threshold": "mse", "correction": "potential", "target_T": 16}
+    assert study_method(none, cpu) == {}  # percentile thresholds, as before (old caches stay valid)
+    # a method on the command line replaces the preset's, including the plain default
+    assert study_method(Namespace(threshold="percentile", correction=None, target_T=None), quick) == {}
+    assert study_method(Namespace(threshold=None, correction="bias", target_T=8), quick) == {
+        "threshold": "percentile", "correction": "bias", "target_T": 8}
+    assert study_method(Namespace(threshold=None, correction=None, target_T=32), quick)["target_T"] == 32
+    with pytest.raises(ConfigError, match="--target-T"):
+        study_method(Namespace(threshold=None, correction=None, target_T=8), cpu)
+    assert quick.max_spikes == 1 and quick.test_limit >= 2000 and quick.T == 64
+
+
+def test_study_with_the_sgd_bf16_binary_recipe(tmp_path, capsys, monkeypatch):
+    """The quick preset's ways (SGD recipe, bf16 training, binary spikes, MSE + potential) on the smoke scale."""
+    from dataclasses import replace
+
+    from spikeforge.experiments import backbone_study as bs
+
+    monkeypatch.setitem(bs.PRESETS, "smoke", replace(bs.PRESETS["smoke"], recipe="sgd", lr=0.05, bf16=True,
+                                                     max_spikes=1, threshold="mse", correction="potential",
+                                                     target_T=4))
+    out = tmp_path / "study"
+    args = ["study", "backbones", "--dataset", "mnist-sample", "--preset", "smoke", "--out", str(out),
+            "--models", "resnet18-shared-neuron,resnet18-simclr", "--T", "4", "--no-progress"]
+    assert main(args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics) == ["resnet18", "resnet18-simclr", "resnet18-shared-neuron"]
+    for r in metrics.values():
+        assert 0 <= r["ann_accuracy"] <= 1 and len(r["snn_accuracy"]) == 4
+    study = json.loads((out / "study.json").read_text())
+    assert study["method"] == {"threshold": "mse", "correction": "potential", "target_T": 4}
+    report = (out / "report.md").read_text()
+    assert "binary spikes (Γ=1)" in report and "MSE thresholds for T=4; potential correction for T=4" in report
+    payload = torch.load(out / "models" / "resnet18.pt", weights_only=True)
+    assert payload["config"]["recipe"] == "sgd" and payload["config"]["bf16"] is True
+    # the preset's method reached the converter (a percentile run would give other thresholds): rerun
+    # with the command line's plain method and compare
+    capsys.readouterr()
+    assert main(args + ["--threshold", "percentile"]) == 0
+    log = capsys.readouterr().out
+    # same nets; new evaluations, except the ablation's (it keeps the seed's percentile converter)
+    assert "trained weights loaded" in log and log.count("reused") == 1 and "[resnet18-shared-neuron] evaluation reused" in log
 
 
 def test_study_bad_arguments(tmp_path, capsys):

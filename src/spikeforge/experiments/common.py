@@ -239,14 +239,21 @@ def _canonical(name: str) -> str:
     return name.lower().replace("_", "-")
 
 
-def add_method_arguments(p: argparse.ArgumentParser, *, activation: bool = True) -> None:
-    """The few-step conversion options shared by every conversion experiment and the study."""
+def add_method_arguments(p: argparse.ArgumentParser, *, activation: bool = True, preset_defaults: bool = False) -> None:
+    """The few-step conversion options shared by every conversion experiment and the study.
+
+    ``preset_defaults``: leave ``--threshold``/``--correction`` at None when not given, so
+    that a preset can supply its own (the study); :func:`method_options` reads None as the
+    plain default (percentile, none).
+    """
     from spikeforge.models.backbones import ACTIVATIONS
 
-    p.add_argument("--threshold", choices=("percentile", "mse"), default="percentile",
-                   help="thresholds from an activation percentile, or the error-minimizing threshold for --target-T steps")
-    p.add_argument("--correction", choices=("none", "bias", "potential"), default="none",
-                   help="layer-wise calibration of the SNN against the ANN for --target-T steps")
+    p.add_argument("--threshold", choices=("percentile", "mse"), default=None if preset_defaults else "percentile",
+                   help="thresholds from an activation percentile, or the error-minimizing threshold for --target-T steps"
+                        + (" (default: the preset's)" if preset_defaults else ""))
+    p.add_argument("--correction", choices=("none", "bias", "potential"), default=None if preset_defaults else "none",
+                   help="layer-wise calibration of the SNN against the ANN for --target-T steps"
+                        + (" (default: the preset's)" if preset_defaults else ""))
     p.add_argument("--target-T", type=integer(1, 100_000), default=None,
                    help="steps the mse threshold and the corrections aim at (default 16)")
     if activation:
@@ -259,8 +266,9 @@ def add_method_arguments(p: argparse.ArgumentParser, *, activation: bool = True)
 def method_options(args: argparse.Namespace) -> dict[str, Any]:
     """convert() keywords of the few-step options (empty for the defaults, so old caches stay valid)."""
     out: dict[str, Any] = {}
-    if args.threshold != "percentile" or args.correction != "none":
-        out.update(threshold=args.threshold, correction=args.correction, target_T=args.target_T or 16)
+    threshold, correction = args.threshold or "percentile", args.correction or "none"
+    if threshold != "percentile" or correction != "none":
+        out.update(threshold=threshold, correction=correction, target_T=args.target_T or 16)
     elif args.target_T is not None:
         raise ConfigError("--target-T is used only with --threshold mse or --correction bias|potential")
     return out

@@ -101,6 +101,8 @@ def pretrain_simclr(
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     device: torch.device | str | None = None,
     sync_bn: bool = False,
+    bf16: bool = False,
+    channels_last: bool = False,
 ) -> list[dict[str, float]]:
     """Contrastive pretraining of ``model.features`` (labels are never used).
 
@@ -108,7 +110,8 @@ def pretrain_simclr(
     per-epoch history (loss, seconds). ``device``: where to train (default: where the
     model is). Under ``torchrun`` each rank encodes its share of the views and the
     projections of all ranks are gathered, so the loss sees the negatives of the
-    whole global batch; ``sync_bn`` normalizes BatchNorm over the global batch.
+    whole global batch; ``sync_bn`` normalizes BatchNorm over the global batch. ``bf16``
+    trains under bfloat16 autocast (the loss in float32), ``channels_last`` in that layout.
     """
     if epochs < 1:
         raise ConfigError(f"epochs must be >= 1, got {epochs}")
@@ -123,7 +126,8 @@ def pretrain_simclr(
     d = int(model.num_features)
     head = _Projector(d, max(d, proj_dim), proj_dim)
     both = _Contrastive(model, head)
-    eng = Engine(both, lr=lr, device=device, sync_bn=sync_bn, progress=progress, find_unused_parameters=True)
+    eng = Engine(both, lr=lr, device=device, sync_bn=sync_bn, progress=progress, find_unused_parameters=True,
+                 bf16=bf16, channels_last=channels_last)
     params = list(model.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     per_epoch = len(images) // batch_size
@@ -141,7 +145,9 @@ def pretrain_simclr(
         xb = batch[0]
         n = xb.shape[0]
         v1, v2 = eng.shard(random_views(xb, gen), random_views(xb, gen), weight=False)
-        z1, z2 = eng.net(torch.cat([v1, v2])).chunk(2)
+        with eng.autocast():
+            z = eng.net(torch.cat([v1, v2]))
+        z1, z2 = z.float().chunk(2)
         # every rank scores all 2N views (the negatives of the global batch), as one process does
         loss = nt_xent(D.gather_rows(z1, n), D.gather_rows(z2, n), temperature=temperature)
         eng.update(loss, where=f"contrastive pretraining epoch {epoch}, batch {i + 1}")
