@@ -184,7 +184,7 @@ def plot_study(
         ax.set_xscale("log", base=2)
         ax.set_xlabel("time steps T")
         ax.grid(alpha=0.3, which="both")
-    a1.set_ylabel("SNN test accuracy")
+    a1.set_ylabel("SNN accuracy (evaluation images)")
     a2.set_ylabel("ANN − SNN accuracy (pt)")
     if worst > 5:  # large losses next to small ones: linear within ±1 pt, logarithmic beyond
         a2.set_yscale("symlog", linthresh=1.0)
