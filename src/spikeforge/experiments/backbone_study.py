@@ -321,8 +321,12 @@ class Study:
             probe_train = linear_probe(model, self.train, epochs=p.probe_epochs, seed=self.args.seed)
             return {"train_seconds": time.perf_counter() - t0, "history": hist, "probe_train_accuracy": probe_train}
         print(f"[{entry.name}] supervised training ({p.epochs} epochs on {len(self.train[1])} images)")
-        recipe = (dict(optimizer="sgd", schedule="linear", weight_decay=5e-4, momentum=0.9, warmup=0.15,
-                       label_smoothing=0.1) if p.recipe == "sgd" else {})
+        recipe: dict[str, Any] = {}
+        if p.recipe == "sgd":  # cifar-convert's backbone settings (its learning rate is the preset's)
+            from spikeforge.experiments.cifar_convert import RECIPE_DEFAULTS
+
+            recipe = {k: v for k, v in RECIPE_DEFAULTS["backbone"].items() if k != "lr"}
+            recipe.update(optimizer="sgd", schedule="linear")
         hist = train_classifier(model, self.train, None, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr,
                                 augment_shift=p.augment_shift, flip=self.flip, seed=self.args.seed, progress=progress,
                                 device=self.device, sync_bn=self.sync_bn, bf16=p.bf16, channels_last=p.bf16,
