@@ -296,12 +296,21 @@ def test_qcfs_forward_and_its_one_layer_conversion_is_exact_after_L_steps():
 def test_qcfs_backbones_convert_with_their_learnt_thresholds():
     torch.manual_seed(0)
     model = create_model("resnet18", in_channels=1, width=1 / 16, act="qcfs").eval()
-    lams = [float(m.ceiling.detach()) for m in model.modules() if m.__class__.__name__ == "QCFS"]
+    # one QCFS module, with its own ceiling, per call site (a block's inner and post-add sites differ)
+    qcfs = [m for m in model.modules() if m.__class__.__name__ == "QCFS"]
+    assert len(qcfs) == 17 and hasattr(model.layer1[0], "relu_out")
+    with torch.no_grad():
+        for i, m in enumerate(qcfs):
+            m.threshold.fill_(1.0 + 0.125 * i)
+    lams = [float(m.ceiling.detach()) for m in qcfs]
     x = torch.rand(8, 1, 16, 16)
     snn = convert(model, x)
-    assert len(snn.neurons()) == 17
-    assert set(round(float(n.threshold), 6) for n in snn.neurons().values()) <= set(round(v, 6) for v in lams)
-    assert len(convert(model, x, share_reused_relu=True).neurons()) == 9
+    assert [round(float(n.threshold), 6) for n in snn.neurons().values()] == [round(v, 6) for v in lams]
+    assert len(convert(model, x, share_reused_relu=True).neurons()) == 17
+    # the ReLU net keeps one module per block, called at both sites
+    relu = create_model("resnet18", in_channels=1, width=1 / 16).eval()
+    assert not hasattr(relu.layer1[0], "relu_out")
+    assert len(convert(relu, x, share_reused_relu=True).neurons()) == 9
 
 
 def test_split_threshold_burst_spikes_divide_thresholds_and_converge_faster():

@@ -261,6 +261,25 @@ def test_cifar_convert_trains_a_backbone_with_its_own_recipe(tmp_path, no_networ
     assert m["parameters"] == sum(p.numel() for p in create_model("resnet18", width=0.0625).parameters())
     assert "`resnet18` at width ×0.0625" in (out / "report.md").read_text()
     assert m["snn_precision"] == "fp32"
+    # a QCFS twin started from it: each call site's ceiling comes from the ReLU net's activation at
+    # that site (the block's one ReLU module gives the inner activation first, then the post-add sum)
+    from spikeforge.experiments.cifar_convert import build_model, init_from_run
+
+    qcfg = {**tr, "activation": "qcfs", "levels": 4}
+    twin = build_model(qcfg, 3, 10, 32)
+    images = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    lams = init_from_run(twin, qcfg, out, images, 10, percentile=100.0)
+    assert len(lams) == 17 and "layer2.0.relu_out" in lams
+    src = build_model(tr, 3, 10, 32).eval()
+    src.load_state_dict(torch.load(out / "model.pt", weights_only=True)["model"])
+    calls: list[float] = []
+    hook = src.layer2[0].relu.register_forward_hook(lambda m, a, y: calls.append(float(y.max())))
+    with torch.no_grad():
+        src(images)
+    hook.remove()
+    assert len(calls) == 2 and calls[0] != calls[1]
+    assert lams["layer2.0.relu"] == pytest.approx(calls[0], rel=1e-5)
+    assert lams["layer2.0.relu_out"] == pytest.approx(calls[1], rel=1e-5)
     assert main(args + ["--snn-bf16"]) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["checkpoint_reused"] and m["snn_precision"] == "bf16" and len(m["snn_accuracy"]) == 4

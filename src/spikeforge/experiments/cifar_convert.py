@@ -238,24 +238,44 @@ def init_from_run(model: torch.nn.Module, config: dict[str, Any], run: Path, ima
     if unknown:
         raise ConfigError(f"--init-from {run}: its weights do not fit this network (unexpected {', '.join(unknown[:3])})")
     load_state(model, {**{k: own[k] for k in missing}, **state}, path)
-    outputs: dict[str, torch.Tensor] = {}
-    hooks = [dict(src.named_modules())[name].register_forward_hook(
-        lambda m, a, y, name=name: outputs.__setitem__(name, y.detach().float().flatten()))
-        for name in ceilings if f"{name}.threshold" in missing]
+    # Pair the activation call sites of the two nets by call order: a ReLU block calls one
+    # module at several sites, where the QCFS twin has one module per site.
+    order: list[str] = []
+    was_training = model.training
+    probes = [m.register_forward_hook(lambda m, a, y, name=name: order.append(name)) for name, m in ceilings.items()]
+    try:
+        model.eval()(images[:2])
+    finally:
+        for h in probes:
+            h.remove()
+    model.train(was_training)
+    outputs: list[torch.Tensor] = []
+    hooks = [m.register_forward_hook(lambda m, a, y: outputs.append(_positive_sample(y)))
+             for m in src.modules() if isinstance(m, (torch.nn.ReLU, QCFS))]
     try:
         src.eval()(images)
     finally:
         for h in hooks:
             h.remove()
+    if len(outputs) != len(order):
+        raise ConfigError(f"--init-from {run}: that network has {len(outputs)} activation call sites, this one {len(order)}")
     set_to: dict[str, float] = {}
-    for name, y in outputs.items():
-        y = y[y > 0]
-        if y.numel() > 1 << 22:
-            y = y[torch.randperm(y.numel(), generator=torch.Generator().manual_seed(0))[: 1 << 22]]
+    for name, y in zip(order, outputs):
+        if f"{name}.threshold" not in missing or name in set_to:
+            continue
         lam = float(torch.quantile(y, percentile / 100)) if y.numel() else 1.0
         ceilings[name].threshold.fill_(max(lam, 1e-3))
         set_to[name] = float(ceilings[name].threshold)
     return set_to
+
+
+def _positive_sample(y: torch.Tensor, limit: int = 1 << 22) -> torch.Tensor:
+    """The positive entries of an activation (a fixed random subset of ``limit`` when more)."""
+    y = y.detach().float().flatten()
+    y = y[y > 0]
+    if y.numel() > limit:
+        y = y[torch.randperm(y.numel(), generator=torch.Generator().manual_seed(0))[:limit]]
+    return y
 
 
 def _train_or_load(args, out: Path, train, test, num_classes: int,

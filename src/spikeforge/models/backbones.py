@@ -5,14 +5,17 @@ CIFAR-10), have BatchNorm after every convolution, and end with global average
 pooling and one linear classifier. ``width`` scales every channel count (1.0 = the
 usual 64-128-256-512), so CPU runs can use narrow versions of the same layouts.
 
-ResNets use the CIFAR stem (3×3 conv, stride 1, no initial max-pool). Their blocks
-call **one** ``nn.ReLU`` module at every activation, as torchvision's blocks do:
+ResNets use the CIFAR stem (3×3 conv, stride 1, no initial max-pool). Their ReLU
+blocks call **one** ``nn.ReLU`` module at every activation, as torchvision's blocks do:
 a converter that replaces modules by name then gives all those call sites a single
 neuron — the fault behind seed 003's ResNet18 collapse. spikeforge's converter
 works on call sites, so each gets its own neuron.
 
 ``act="qcfs"`` swaps every ReLU for :class:`~spikeforge.layers.QCFS` (conversion-aware
-training: the learnt ceilings become the neurons' thresholds).
+training: the learnt ceilings become the neurons' thresholds). A QCFS module carries a
+trainable ceiling λ, so there every call site has its own module (``relu``, then
+``relu2`` in a bottleneck, and ``relu_out`` after the residual add): one λ shared by the
+block's inner activation and its post-add sum would fit neither range.
 
 ``plain=True`` builds the twin without skip connections (same layers, no add, no
 shortcut branch); the seed's "VGG18" is the plain twin of ResNet-18.
@@ -66,7 +69,9 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.relu = make_activation(act, levels)  # called twice (see the module docstring)
+        self.relu = make_activation(act, levels)  # a ReLU is called twice (see the module docstring)
+        if act == "qcfs":
+            self.relu_out = make_activation(act, levels)
         self.plain = plain
         self.shortcut = _shortcut(cin, cout, stride) if not plain else None
 
@@ -75,7 +80,7 @@ class BasicBlock(nn.Module):
         out = self.bn2(self.conv2(out))
         if not self.plain:
             out = out + (self.shortcut(x) if self.shortcut is not None else x)
-        return self.relu(out)
+        return _site(self, "relu_out")(out)
 
 
 class Bottleneck(nn.Module):
@@ -92,17 +97,26 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, cout, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(cout)
-        self.relu = make_activation(act, levels)  # called three times
+        self.relu = make_activation(act, levels)  # a ReLU is called three times
+        if act == "qcfs":
+            self.relu2 = make_activation(act, levels)
+            self.relu_out = make_activation(act, levels)
         self.plain = plain
         self.shortcut = _shortcut(cin, cout, stride) if not plain else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
+        out = _site(self, "relu2")(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         if not self.plain:
             out = out + (self.shortcut(x) if self.shortcut is not None else x)
-        return self.relu(out)
+        return _site(self, "relu_out")(out)
+
+
+def _site(block: nn.Module, name: str) -> nn.Module:
+    """The activation module of one call site: its own (QCFS) or the block's shared ReLU."""
+    own = getattr(block, name, None)
+    return block.relu if own is None else own
 
 
 def _shortcut(cin: int, cout: int, stride: int) -> nn.Module | None:
