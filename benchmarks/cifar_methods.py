@@ -22,6 +22,12 @@ recipe; see ``_peers.py``), on the same calibration images, and evaluates it on 
 images (the image fed at every step, outputs summed over steps); the last table puts the best
 spikeforge method and the best SpikingJelly recipe side by side at every T.
 
+``--select-T T`` (with ``--select-n N``, default 2,000) ranks the methods first: each is
+converted and scored by how often its SNN, after T steps, predicts what the ANN predicts on N
+training images that the calibration did not use (the ANN has seen them, so only the
+agreement with it ranks the methods, not their accuracy); only the winner is evaluated on the
+held-out images. The evaluation images take no part in the choice.
+
 ``--precision bf16`` evaluates spikeforge's SNNs with bfloat16 convolutions (float32
 membranes); ``both`` does that and evaluates the head again in float32, printing the two
 accuracies and the speed ratio. The head (``--head N``, the first N of the ``--n`` images)
@@ -87,6 +93,9 @@ def main() -> int:
     ap.add_argument("--head", type=int, default=1000,
                     help="the first N images: float32 comparison and SpikingJelly run there (0 = all)")
     ap.add_argument("--sj", action="append", default=[], help="SpikingJelly recipe: a percentile such as 99.9%%, or ltb")
+    ap.add_argument("--select-T", type=int, default=None,
+                    help="rank the methods at this T on training images and evaluate only the best")
+    ap.add_argument("--select-n", type=int, default=2000, help="training images for --select-T")
     ap.add_argument("--json", default=None, help="where to write the results (default: --run/methods.json)")
     args = ap.parse_args()
     run = Path(args.run)
@@ -100,7 +109,8 @@ def main() -> int:
     ann = evaluate_classifier(model, xs, ys)[0]
     print(f"ANN on the {len(ys)} evaluation images: {ann:.4f} (all {len(val[1])}: {evaluate_classifier(model, *val)[0]:.4f})")
     gen = torch.Generator().manual_seed(cfg["seed"] + 1)
-    calib = train[0][torch.randperm(len(train[1]), generator=gen)[: 256 * args.calib_batches]]
+    perm = torch.randperm(len(train[1]), generator=gen)
+    calib = train[0][perm[: 256 * args.calib_batches]]
     head = min(args.head or len(ys), len(ys))
     ann_head = evaluate_classifier(model, xs[:head], ys[:head])[0] if head < len(ys) else ann
     if head < len(ys):
@@ -111,13 +121,40 @@ def main() -> int:
         print(f"{key:30s} {extra}| " + " ".join(f"T{t}={a:.4f} ({100 * (a - ref):+.2f})" for t, a in shown.items()),
               flush=True)
 
+    bf16 = args.precision != "fp32"
+    methods = args.method or ["percentile"]
+    selection, chosen = {}, {}
+    if args.select_T is not None:
+        if args.select_T < 1 or args.select_T > args.T:
+            raise SystemExit(f"--select-T must be in 1..--T ({args.T}), got {args.select_T}")
+        sel = train[0][perm[256 * args.calib_batches: 256 * args.calib_batches + args.select_n]]
+        with torch.no_grad():
+            ann_pred = torch.cat([model(sel[i:i + 250]).argmax(1) for i in range(0, len(sel), 250)])
+        print(f"Choosing among {len(methods)} methods by agreement with the ANN at T={args.select_T} "
+              f"on {len(sel)} training images outside the calibration set:")
+        for text in methods:
+            t0 = time.perf_counter()
+            snn = convert(model, calib, batch_size=256, max_batches=args.calib_batches, channels_last=True,
+                          **parse_method(text))
+            conv_s = time.perf_counter() - t0
+            r = evaluate_snn(snn, sel, ann_pred, args.select_T, batch_size=250, bf16=bf16, spike_stats=False)
+            selection[text] = r["accuracy"][args.select_T - 1]
+            chosen[text] = (snn, conv_s)
+            print(f"  {text:34s} agreement {selection[text]:.4f} (convert {conv_s:.0f} s)", flush=True)
+        best = max(methods, key=lambda m: selection[m])  # the first listed wins a tie
+        print(f"chosen: {best}")
+        methods = [best]
+        chosen = {best: chosen[best]}
+
     rows, head_rows = {}, {}
-    for text in args.method or ["percentile"]:
+    for text in methods:
         kw = parse_method(text)
-        t0 = time.perf_counter()
-        snn = convert(model, calib, batch_size=256, max_batches=args.calib_batches, channels_last=True, **kw)
-        conv_s = time.perf_counter() - t0
-        bf16 = args.precision != "fp32"
+        if text in chosen:
+            snn, conv_s = chosen[text]
+        else:
+            t0 = time.perf_counter()
+            snn = convert(model, calib, batch_size=256, max_batches=args.calib_batches, channels_last=True, **kw)
+            conv_s = time.perf_counter() - t0
         # the head and the rest separately: figures on all n images and on the head alone
         parts = [evaluate_snn(snn, xs[:head], ys[:head], args.T, batch_size=250, bf16=bf16, spike_stats=False)]
         if head < len(ys):
@@ -172,7 +209,8 @@ def main() -> int:
             a, b = sf[1][str(t)], pj[1]["snn_accuracy"][str(t)]
             print(f"{t:<4d} {a:.4f} ({sf[0]:28s}) {b:.4f} ({pj[0]:10s})        {100 * (a - b):+.2f} pt")
     out = {"ann_accuracy": ann, "n": len(ys), "methods": rows, "head": head, "ann_accuracy_head": ann_head,
-           "methods_head": head_rows, "spikingjelly_head": sj_rows, "command": " ".join(sys.argv)}
+           "methods_head": head_rows, "spikingjelly_head": sj_rows,
+           "selection": {"T": args.select_T, "n": len(sel), "agreement": selection} if selection else None, "command": " ".join(sys.argv)}
     target = Path(args.json) if args.json else run / "methods.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
