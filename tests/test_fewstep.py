@@ -206,7 +206,7 @@ def test_sgd_decays_qcfs_ceilings_like_weights():
         if ids & ceilings:
             assert ceilings <= ids and group["weight_decay"] == 1e-3 and group["lr"] == 0.1
     # one Nesterov step with zero loss gradient shrinks λ by lr · wd · (1 + momentum) · λ
-    before = {id(m.threshold): float(m.threshold) for m in model.modules() if isinstance(m, QCFS)}
+    before = {id(m.threshold): float(m.threshold.detach()) for m in model.modules() if isinstance(m, QCFS)}
     for p in model.parameters():
         p.grad = torch.zeros_like(p) if p.requires_grad else None
     opt.step()
