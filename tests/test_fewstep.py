@@ -212,4 +212,4 @@ def test_sgd_decays_qcfs_ceilings_like_weights():
     opt.step()
     for m in model.modules():
         if isinstance(m, QCFS):
-            assert float(m.threshold) == pytest.approx(before[id(m.threshold)] * (1 - 0.1 * 1e-3 * 1.9), rel=1e-6)
+            assert float(m.threshold.detach()) == pytest.approx(before[id(m.threshold)] * (1 - 0.1 * 1e-3 * 1.9), rel=1e-6)
