@@ -327,3 +327,17 @@ def test_split_threshold_burst_spikes_divide_thresholds_and_converge_faster():
         assert torch.allclose(b.threshold * 4, a.threshold)
     err = lambda snn: float((snn(x, 16).mean(0) - ref).abs().mean())  # noqa: E731
     assert err(split) < 0.5 * err(plain)
+
+
+def test_study_report_says_when_the_shared_neuron_ablation_cannot_share():
+    from spikeforge.experiments.backbone_study import _report
+
+    meta = {"preset": {"T": 8, "width": 0.25, "epochs": 1, "activation": "qcfs", "max_spikes": 1},
+            "command": "spikeforge study backbones", "dataset": "cifar10", "n_train": 10, "n_test": 10,
+            "preset_name": "quick", "wall_seconds": 60.0}
+    row = {"parameters": 1, "ann_accuracy": 0.5, "snn_accuracy": {str(t): 0.5 for t in range(1, 9)}}
+    qcfs = {"resnet18": {**row, "neuron_layers": 17}, "resnet18-shared-neuron": {**row, "neuron_layers": 17}}
+    assert "Not reproduced by this run" in _report(qcfs, meta)
+    relu = {"resnet18": {**row, "neuron_layers": 17}, "resnet18-shared-neuron": {**row, "neuron_layers": 9}}
+    text = _report(relu, {**meta, "preset": {**meta["preset"], "activation": "relu"}})
+    assert "Not reproduced" not in text and "9 neuron layers instead of 17" in text

@@ -443,7 +443,17 @@ def _report(metrics: dict[str, Any], meta: dict[str, Any]) -> str:
         ("ablation.png", "Ablation: ResNet-18 with one neuron per ReLU call site vs the seed's shared neuron"),
     ):
         lines += [f"## {caption}", "", f"![{caption}]({fig})", ""]
-    if ABLATION in metrics and "resnet18" in metrics:
+    if ABLATION in metrics and "resnet18" in metrics and \
+            metrics[ABLATION]["neuron_layers"] == metrics["resnet18"]["neuron_layers"]:
+        lines += [
+            "## The seed's ResNet18 collapse",
+            "",
+            "Not reproduced by this run: its ResNet-18 has one activation module per call site (QCFS nets do, each "
+            "with its own learnt ceiling), so the seed's converter finds no module to share and the ablation equals "
+            "the ResNet-18.",
+            "",
+        ]
+    elif ABLATION in metrics and "resnet18" in metrics:
         a, b = metrics["resnet18"], metrics[ABLATION]
         lines += [
             "## The seed's ResNet18 collapse",
