@@ -127,6 +127,10 @@ def main() -> int:
     if args.select_T is not None:
         if args.select_T < 1 or args.select_T > args.T:
             raise SystemExit(f"--select-T must be in 1..--T ({args.T}), got {args.select_T}")
+        if args.select_n < 1 or 256 * args.calib_batches >= len(train[1]):
+            raise SystemExit(f"--select-n must be positive and the training split must hold images beyond the "
+                             f"{256 * args.calib_batches} calibration images (got --select-n {args.select_n}, "
+                             f"{len(train[1])} training images)")
         sel = train[0][perm[256 * args.calib_batches: 256 * args.calib_batches + args.select_n]]
         with torch.no_grad():
             ann_pred = torch.cat([model(sel[i:i + 250]).argmax(1) for i in range(0, len(sel), 250)])
@@ -210,7 +214,8 @@ def main() -> int:
             print(f"{t:<4d} {a:.4f} ({sf[0]:28s}) {b:.4f} ({pj[0]:10s})        {100 * (a - b):+.2f} pt")
     out = {"ann_accuracy": ann, "n": len(ys), "methods": rows, "head": head, "ann_accuracy_head": ann_head,
            "methods_head": head_rows, "spikingjelly_head": sj_rows,
-           "selection": {"T": args.select_T, "n": len(sel), "agreement": selection} if selection else None, "command": " ".join(sys.argv)}
+           "selection": {"T": args.select_T, "n": len(sel), "agreement": selection} if selection else None,
+           "command": " ".join(sys.argv)}
     target = Path(args.json) if args.json else run / "methods.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
