@@ -243,7 +243,8 @@ def test_target_T_alone_is_refused(tmp_path, capsys):
     assert rc != 0 and "--target-T" in capsys.readouterr().err
 
 
-def test_cifar_convert_trains_a_backbone_with_its_own_recipe(tmp_path, no_network):
+def test_cifar_convert_trains_a_backbone_with_its_own_recipe(tmp_path, no_network, monkeypatch):
+    from spikeforge import precision
     from spikeforge.cli import main
 
     data = _write_cifar(tmp_path / "cifar-10-batches-bin", with_test=False)
@@ -251,9 +252,11 @@ def test_cifar_convert_trains_a_backbone_with_its_own_recipe(tmp_path, no_networ
     args = ["run", "cifar-convert", "--data-dir", str(data), "--val-split", "100", "--epochs", "1",
             "--model", "resnet18", "--width", "0.0625", "--T", "4", "--calib-batches", "1", "--out", str(out),
             "--no-progress"]
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2", "fma"}))  # no native bfloat16
     assert main(args) == 0
     m = json.loads((out / "metrics.json").read_text())
     tr = m["training"]
+    assert tr["precision"] == "fp32" and m["precision_choice"].startswith("fp32 (auto: no native bfloat16")
     assert tr["model"] == "resnet18" and tr["width"] == 0.0625
     # the backbone recipe where no option was given; an explicit option wins
     assert (tr["lr"], tr["weight_decay"], tr["bias_lr_scale"], tr["label_smoothing"]) == (0.2, 5e-4, 1.0, 0.1)
@@ -280,9 +283,12 @@ def test_cifar_convert_trains_a_backbone_with_its_own_recipe(tmp_path, no_networ
     assert len(calls) == 2 and calls[0] != calls[1]
     assert lams["layer2.0.relu"] == pytest.approx(calls[0], rel=1e-5)
     assert lams["layer2.0.relu_out"] == pytest.approx(calls[1], rel=1e-5)
+    # on a machine with native bfloat16, --precision auto reuses the float32 network trained here
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
     assert main(args + ["--snn-bf16"]) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["checkpoint_reused"] and m["snn_precision"] == "bf16" and len(m["snn_accuracy"]) == 4
+    assert m["training"]["precision"] == "fp32" and "stored in --out" in m["precision_choice"]
     assert "bfloat16 convolutions" in (out / "report.md").read_text()
     assert main(args + ["--lr", "0.05"]) == 0
     m = json.loads((out / "metrics.json").read_text())

@@ -11,6 +11,7 @@ import torch
 from spikeforge.cli import main
 from spikeforge.experiments.direct_train import RECIPES
 from spikeforge.models import create_model
+from spikeforge.precision import native_bf16
 from spikeforge.train import CheckpointError, load_checkpoint
 from spikeforge.train.snn import SNNTrainConfig, fit_snn
 
@@ -114,9 +115,14 @@ def test_experiments_end_to_end(tmp_path, capsys):
     assert 0.0 <= m["test_accuracy"] <= 1.0 and len(m["history"]) == 1
     # the tuned recipe's settings (digits: never flipped)
     tuned = RECIPES["csnn"]["tuned"]
-    assert m["training"]["bf16"] is tuned["bf16"] and m["training"]["channels_last"] is tuned["channels_last"]
+    # bf16 where the CPU computes it natively (else float32, and the report says why)
+    assert m["training"]["bf16"] is (tuned["bf16"] and native_bf16())
+    assert m["training"]["channels_last"] is tuned["channels_last"]
+    assert ("bf16" in m["recipe"]["adjusted"]) is (tuned["bf16"] and not native_bf16())
+    if m["recipe"]["adjusted"]:
+        assert "no native bfloat16" in (out / "report.md").read_text()
     assert m["training"]["augment"] is (tuned["augment"] is not None) and m["training"]["augment_flip"] is False
-    assert m["recipe"] == {"name": "tuned", "overridden": ["epochs"]}
+    assert {k: m["recipe"][k] for k in ("name", "overridden")} == {"name": "tuned", "overridden": ["epochs"]}
     for f in ("curves.png", "predictions.png", "report.md", "checkpoint.pt"):
         assert (out / f).stat().st_size > 0
     assert main(args + ["--resume"]) == 0  # already complete: resumes, trains nothing, rewrites outputs
@@ -211,7 +217,7 @@ def test_seed_recipe_end_to_end_and_bad_values(tmp_path, capsys):
     assert main(["run", "fc-lif", "--recipe", "seed", "--epochs", "1", "--train-limit", "100", "--hidden", "8",
                  "--T", "3", "--out", str(out), "--no-progress"]) == 0
     m = json.loads((out / "metrics.json").read_text())
-    assert m["recipe"] == {"name": "seed", "overridden": ["T", "epochs"]}
+    assert m["recipe"] == {"name": "seed", "overridden": ["T", "epochs"], "adjusted": {}}  # a float32 recipe
     t = m["training"]
     assert (t["optimizer"], t["lr"], t["schedule"], t["augment"], t["label_smoothing"]) == ("adam", 1e-3, "none",
                                                                                              False, 0.0)

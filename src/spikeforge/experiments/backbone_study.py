@@ -43,6 +43,7 @@ from spikeforge.experiments.common import (
 from spikeforge.io import write_json, write_text
 from spikeforge.models import create_model
 from spikeforge.models.backbones import ACTIVATIONS
+from spikeforge.precision import recipe_bf16
 from spikeforge.plots import plot_study
 from spikeforge.train import CheckpointError, evaluate_classifier, load_checkpoint, save_checkpoint, train_classifier
 from spikeforge.train.checkpoint import load_state
@@ -150,6 +151,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--levels", type=integer(1, 65536), default=8, help="QCFS quantization levels L")
     add_method_arguments(p, activation=False, preset_defaults=True)
     p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="train under bfloat16 autocast + channels-last (default: the preset's choice, "
+                        "where the CPU/GPU computes bfloat16 natively)")
     p.add_argument("--no-progress", action="store_true")
     add_device_arguments(p)
 
@@ -423,7 +427,8 @@ def _report(metrics: dict[str, Any], meta: dict[str, Any]) -> str:
            else f"burst spikes Γ={meta['preset']['max_spikes']} with threshold λ/Γ")
         + ", lateral-inhibition max-pool (the shared-neuron ablation keeps the seed's percentile converter). "
         f"Wall time "
-        f"{meta['wall_seconds'] / 60:.1f} min.",
+        f"{meta['wall_seconds'] / 60:.1f} min."
+        + "".join(f" `{k}`: {v}." for k, v in meta.get("adjusted", {}).items()),
         "",
         "| model | params | neuron layers | ANN | " + " | ".join(f"SNN T={t}" for t in cols)
         + " | loss T=32 (pt) | loss T=64 (pt) |",
@@ -486,7 +491,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     preset = _preset(args)
     study_method(args, preset)  # bad method options fail before any work
     _parse_loads(args.load)  # bad --load fails before any work
-    device_of(args)  # so does an unusable --device
+    device = device_of(args)  # so does an unusable --device
+    adjusted: dict[str, str] = {}
+    if args.bf16 is not None:
+        preset.bf16 = args.bf16
+    elif preset.bf16:  # the preset's bf16, where the hardware has it
+        preset.bf16, note = recipe_bf16(True, device)
+        if note:
+            adjusted["bf16"] = note
+            print(f"note: {note}")
     out = prepare_out_dir(args.out)
     t0 = time.perf_counter()
     study = Study(args, preset, out)
@@ -507,6 +520,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "method": study.method(),
         "method_name": method_name({**study.method(), "percentile": preset.percentile}, preset.activation, args.levels),
         "wall_seconds": time.perf_counter() - t0,
+        "adjusted": adjusted,
         "environment": environment(),
         **parallel_info(study.device),
     }

@@ -54,6 +54,7 @@ from spikeforge.models.backbones import ACTIVATIONS
 from spikeforge.models.fastnet import POOLS, init_whitening
 from spikeforge.metrics.spikes import spike_stats_table
 from spikeforge.nir.cli import add_export_argument, check_exportable, export_file
+from spikeforge.precision import native_bf16
 from spikeforge.plots import plot_accuracy_vs_T, plot_bars, plot_history, plot_spike_stats
 from spikeforge.train import CheckpointError, evaluate_classifier, load_checkpoint, save_checkpoint, train_classifier
 from spikeforge.train.checkpoint import load_state
@@ -141,8 +142,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pool", choices=POOLS, default="max", help="pooling of cifar-fast's blocks")
     p.add_argument("--activation", choices=ACTIVATIONS, default="relu")
     p.add_argument("--levels", type=positive_int, default=8, help="QCFS quantization levels L")
-    p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
-                   help="training arithmetic: bf16 autocast + channels-last (default) or plain fp32")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="training arithmetic: bf16 autocast + channels-last or plain fp32; auto (default): bf16 "
+                        "where the CPU/GPU computes bfloat16 natively (else it is slower than fp32), or the "
+                        "precision of the network already trained in --out")
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--percentile", type=percentile_value, default=99.99)
     p.add_argument("--per-channel", action="store_true", help="per-channel thresholds")
@@ -278,6 +281,18 @@ def _positive_sample(y: torch.Tensor, limit: int = 1 << 22) -> torch.Tensor:
     return y
 
 
+def _adopt_precision(args: argparse.Namespace, payload: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """With ``--precision auto``, a stored network trained with the same options in the other
+    precision is reused (or resumed) in its own precision: the choice depends on the machine."""
+    stored = _stored_config(payload)
+    if (getattr(args, "precision_note", None) is not None and stored.get("precision") in ("bf16", "fp32")
+            and {**stored, "precision": config["precision"]} == config):
+        args.precision = stored["precision"]
+        args.precision_note = f"{args.precision} (auto: the precision of the network stored in --out)"
+        return _config(args)
+    return config
+
+
 def _train_or_load(args, out: Path, train, test, num_classes: int,
                    device: torch.device | None = None) -> tuple[torch.nn.Module, list, bool, float]:
     config = _config(args)
@@ -286,6 +301,7 @@ def _train_or_load(args, out: Path, train, test, num_classes: int,
     if final.exists() and not args.retrain:
         try:
             payload = load_checkpoint(final, required=("model", "config", "history", "train_seconds"))
+            config = _adopt_precision(args, payload, config)
             if _stored_config(payload) == config:
                 load_state(model, payload["model"], final)
                 print(f"loaded the trained network from {final} (same training options)")
@@ -296,6 +312,7 @@ def _train_or_load(args, out: Path, train, test, num_classes: int,
     start, history, opt_state, spent = 1, [], None, 0.0
     if args.resume:
         payload = load_checkpoint(ckpt, required=("model", "config", "history", "epoch", "state", "train_seconds"))
+        config = _adopt_precision(args, payload, config)
         if _stored_config(payload) != config:
             diff = sorted(k for k in config if _stored_config(payload).get(k) != config[k])
             raise CheckpointError(f"{ckpt} was written with other training options ({', '.join(diff)}); "
@@ -358,7 +375,7 @@ def _report(m: dict[str, Any]) -> str:
          if m["training"].get("model", "cifar-fast") == "cifar-fast" else
          f"Network: `{m['training']['model']}` at width ×{m['training']['width']:g} (1 = 64-128-256-512 channels), ")
         + f"{m['training']['activation']} activation, {m['parameters']:,} parameters. Training: {m['epochs']} epochs, "
-        f"{m['training']['precision']}, batch {m['training']['batch_size']}, Nesterov SGD lr {m['training']['lr']} "
+        f"{m.get('precision_choice') or m['training']['precision']}, batch {m['training']['batch_size']}, Nesterov SGD lr {m['training']['lr']} "
         f"(warm-up {m['training']['warmup']}, then linear decay), label smoothing {m['training']['label_smoothing']}, "
         f"flip + {m['training']['translate']}-pixel translation"
         f"{', weight averaging (lookahead)' if m['training'].get('lookahead') else ''}; "
@@ -403,6 +420,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     resolve_recipe(args)
     method_options(args)  # bad method options fail before any work
     device = device_of(args)  # so does an unusable --device
+    args.precision_note = None
+    if args.precision == "auto":
+        args.precision = "bf16" if native_bf16(device) else "fp32"
+        args.precision_note = (f"{args.precision} (auto: " + ("native bfloat16 on this device)" if args.precision == "bf16"
+                               else "no native bfloat16 on this device, where bf16 autocast is slower than fp32)"))
     out = prepare_out_dir(args.out)
     if args.resume and not (out / "checkpoint.pt").is_file() and not (out / "model.pt").is_file():
         raise CheckpointError(f"--resume: no checkpoint to resume from in --out {out} (expected {out / 'checkpoint.pt'})")
@@ -459,6 +481,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "snn_images_per_second": res["images_per_second"],
         "snn_seconds": res["seconds"],
         "snn_precision": "bf16" if args.snn_bf16 else "fp32",
+        "precision_choice": args.precision_note or f"{args.precision} (--precision {args.precision})",
         "history": history,
         "environment": environment(),
         "spike_stats": res["spike_stats"],

@@ -37,6 +37,7 @@ from spikeforge.io import write_json, write_text
 from spikeforge.metrics.spikes import SpikeStats, spike_stats_table
 from spikeforge.models import create_model
 from spikeforge.nir.cli import add_export_argument, check_exportable, export_file
+from spikeforge.precision import recipe_bf16
 from spikeforge.plots import plot_curves, plot_history, plot_predictions, plot_spike_stats, plot_sweep
 from spikeforge.train.losses import LOSSES, SMOOTHABLE
 from spikeforge.train.snn import OPTIMIZERS, SNNTrainConfig, fit_snn, predict
@@ -316,7 +317,7 @@ def _train_one(name, args, out: Path, model_cfg, train, test, classes) -> dict[s
         "history": history,
         "model": {"name": name, **model_cfg},
         "training": asdict(cfg),
-        "recipe": {"name": args.recipe, "overridden": list(args.overrides)},
+        "recipe": {"name": args.recipe, "overridden": list(args.overrides), "adjusted": dict(getattr(args, "adjusted", {}))},
         "environment": environment(),
         **parallel_info(device),
     }
@@ -390,6 +391,7 @@ def _recipe_lines(m: dict[str, Any]) -> list[str]:
             "dropout": model.get("dropout", 0.0)}
     rows = [f"Recipe **{recipe}** (`--recipe {recipe}`)"
             + (f"; overridden by options: {', '.join(m['recipe']['overridden'])}" if m["recipe"]["overridden"] else "")
+            + "".join(f"; {k}: {v}" for k, v in m["recipe"].get("adjusted", {}).items())
             + f". Settings of both recipes for {name} on {m['dataset']} ({fam}) and of this run "
             f"(seed recipe: {NOTES[name]}):", "",
             "| setting | seed | tuned | this run |", "|---|---|---|---|"]
@@ -453,7 +455,13 @@ def _sweep(args: argparse.Namespace, out: Path, train, test, classes) -> dict[st
 def _runner(name: str):
     def run(args: argparse.Namespace) -> dict[str, Any]:
         args.settings, args.overrides = resolve_settings(name, args)
-        device_of(args)  # an unusable --device fails before any work
+        device = device_of(args)  # an unusable --device fails before any work
+        args.adjusted = {}
+        if args.bf16 is None and args.settings["bf16"]:  # the recipe's bf16, where the hardware has it
+            args.settings["bf16"], note = recipe_bf16(True, device)
+            if note:
+                args.adjusted["bf16"] = note
+                print(f"note: {note}")
         out = prepare_out_dir(args.out)
         if args.resume and not (name == "fc-lif" and args.sweep) and not (out / "checkpoint.pt").is_file():
             raise CheckpointError(f"--resume: no checkpoint to resume from in --out {out} "

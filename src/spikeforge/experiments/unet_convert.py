@@ -76,6 +76,7 @@ from spikeforge.metrics.spikes import spike_stats_table
 from spikeforge.models import create_model
 from spikeforge.nir.cli import add_export_argument, check_exportable, export_file
 from spikeforge.plots import plot_bars, plot_curves, plot_metrics_vs_steps, plot_segmentation_panels, plot_spike_stats
+from spikeforge.precision import recipe_bf16
 from spikeforge.train.segmentation import SCHEDULES, train_segmenter
 
 #: Defaults of the synthetic run, of the Lucchi run and of ``--quick``; explicit options win.
@@ -312,7 +313,8 @@ def _report(m: dict[str, Any]) -> str:
         "",
         f"Conversion ({method_name(m['conversion'], c.get('activation', 'relu'), c.get('levels'))}, "
         f"Γ={m['conversion']['max_spikes']}): "
-        + ", ".join(f"{k}={v}" for k, v in m["conversion"].items()) + f"; SNN in {precision}.",
+        + ", ".join(f"{k}={v}" for k, v in m["conversion"].items()) + f"; SNN in {precision}."
+        + "".join(f" `{k}`: {v}." for k, v in m.get("adjusted", {}).items()),
         "The SNN's output layer stays analog: the prediction after T steps is σ(mean logit over the first T "
         "steps), binarized at 0.5. Full slices, windows of "
         f"{c['tile'] or 'the whole slice'} px with {c['overlap']} px overlap.",
@@ -384,6 +386,13 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     _check_geometry(cfg)
     method_options(args)  # bad method options fail before any work
     device = device_of(args)  # so does an unusable --device
+    adjusted: dict[str, str] = {}
+    for key in ("bf16", "snn_bf16"):  # the recipe's bf16, where the hardware has it
+        if getattr(args, key, None) is None and cfg[key]:
+            cfg[key], note = recipe_bf16(True, device)
+            if note:
+                adjusted[key] = note
+                print(f"note ({key}): {note}")
     out = prepare_out_dir(args.out)
     torch.manual_seed(args.seed)
 
@@ -543,6 +552,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         "ann_full_test": ann_full,
         "ann_full_test_slices": len(ann_idx),
         "config": {**cfg, "up": args.up, "dice_weight": args.dice_weight, "seed": args.seed},
+        "adjusted": adjusted,
         "parameters": sum(p.numel() for p in model.parameters()),
         "conversion": options,
         "firing_rates": rates,
