@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -164,6 +166,47 @@ def test_corrections_lower_each_layers_error(kind, gamma):
     assert actual == pytest.approx([r["mse_after"] for r in report.values()], rel=1e-4, abs=1e-7)
     before = _layer_errors(plain, net, x, T)
     assert sum(actual) < sum(before)
+
+
+@pytest.mark.parametrize("kind", ["bias", "potential"])
+def test_corrections_scored_on_a_subset_of_units_still_never_hurt(kind, monkeypatch):
+    core = importlib.import_module("spikeforge.convert.core")  # the package exports a function named convert
+
+    net = _relu_net(seed=1)
+    x = torch.randn(64, 3, 8, 8)
+    T = 4
+    full = convert(net, x, threshold="mse", correction=kind, target_T=T, batch_size=64)
+    monkeypatch.setattr(core, "CORRECTION_UNITS", 256)  # 4 of the 64 positions of the first conv layer
+    sub_x, _ = core._unit_subset(torch.zeros(T, 64, 8, 8, 8), torch.zeros(64, 8, 8, 8), core.CORRECTION_UNITS)
+    assert sub_x.shape == (T, 64, 8, 1, 4)
+    fixed = convert(net, x, threshold="mse", correction=kind, target_T=T, batch_size=64)
+    report = fixed.correction_report
+    for r in report.values():
+        assert r["mse_after"] <= r["mse_before"] + 1e-9
+    first = next(iter(report))
+    assert report[first]["mse_before"] == pytest.approx(full.correction_report[first]["mse_before"])
+    # the report is still what the SNN does on every unit, and the choice still helps
+    actual = _layer_errors(fixed, net, x, T)
+    assert actual == pytest.approx([r["mse_after"] for r in report.values()], rel=1e-4, abs=1e-7)
+    assert sum(actual) < sum(_layer_errors(convert(net, x, threshold="mse", target_T=T, batch_size=64), net, x, T))
+
+
+def test_stream_until_a_neuron_layer_yields_its_spikes():
+    net = _relu_net()
+    x = torch.randn(16, 3, 8, 8)
+    snn = convert(net, x, batch_size=16)
+    names = list(snn.neurons())
+    got = []
+    h = snn.neurons()[names[1]].register_forward_hook(lambda m, i, o: got.append(o.clone()))
+    out = snn(x, 6, chunk=4)
+    h.remove()
+    spikes = torch.cat(got).view(6, 16, *got[0].shape[1:])
+    cut = torch.cat(list(snn.stream(x, 6, chunk=4, until=names[1])))
+    assert torch.equal(cut, spikes)
+    assert cut.abs().sum() > 0
+    assert torch.equal(snn(x, 6, chunk=4), out)  # the full graph is untouched
+    with pytest.raises(ConversionError, match="not a neuron layer"):
+        next(snn.stream(x, 2, until="no_such_layer"))
 
 
 def test_unsupported_combinations_name_themselves():

@@ -98,6 +98,25 @@ class SpikingModel(nn.Module):
         if self.channels_last:
             graph.to(memory_format=torch.channels_last)  # 4-D conv weights; others unchanged
 
+    def _graph_until(self, name: str) -> fx.GraphModule:
+        """The graph cut after the last call of neuron layer ``name``, returning its output.
+
+        It shares its modules (and so their state) with the full graph; the layers that
+        only later layers need are dropped.
+        """
+        calls = [n for n in self.graph_module.graph.nodes if n.op == "call_module" and str(n.target) == name]
+        if not calls or not isinstance(self.graph_module.get_submodule(name), IFNeuron):
+            raise ConversionError(f"'{name}' is not a neuron layer of this SNN; neuron layers: "
+                                  f"{', '.join(self.neurons()) or 'none'}")
+        graph = fx.Graph()
+        values: dict[fx.Node, fx.Node] = {}
+        graph.graph_copy(self.graph_module.graph, values)
+        graph.output(values[calls[-1]])
+        cut = fx.GraphModule(self.graph_module, graph)
+        cut.graph.eliminate_dead_code()
+        cut.recompile()
+        return cut
+
     def reset_state(self) -> None:
         """Clear every neuron's membrane and every pool's running sums."""
         for m in self._stateful:
@@ -144,12 +163,17 @@ class SpikingModel(nn.Module):
         sequence: bool = False,
         chunk: int | None = None,
         record: bool = True,
+        until: str | None = None,
     ) -> Iterator[torch.Tensor]:
         """Run ``T`` steps and yield the outputs chunk by chunk, each ``[k, N, ...]``.
 
         Memory stays bounded by one chunk whatever T is; state is reset first, so the
         run must be consumed in order (a new call starts a new run).
+
+        ``until`` (the name of a neuron layer, a key of :meth:`neurons`): compute only
+        what that layer needs and yield its spikes instead of the network's output.
         """
+        graph = self.graph_module if until is None else self._graph_until(until)
         if sequence:
             if x.dim() < 2:
                 raise ValueError(f"a sequence input must be [T, N, ...], got shape {tuple(x.shape)}")
@@ -175,10 +199,10 @@ class SpikingModel(nn.Module):
             inp = x[t0 : t0 + k].reshape(k * N, *x.shape[2:]) if sequence else x
             if self.channels_last and inp.dim() == 4:
                 inp = inp.contiguous(memory_format=torch.channels_last)
-            y = self.graph_module(inp)
+            y = graph(inp)
             if not isinstance(y, torch.Tensor):
                 raise ConversionError("SpikingModel supports models with a single tensor output")
-            if self.output_static and not sequence:
+            if self.output_static and not sequence and until is None:
                 y = self.clock.expand(y)
             yield y.reshape(k, N, *y.shape[1:])
 
@@ -463,14 +487,32 @@ def _channel_mean(y: torch.Tensor, per_channel: bool = True) -> torch.Tensor:
 #: Candidate shifts of the corrections, in units of one quantum θ/T (bias) or of θ (potential).
 CORRECTION_GRID = torch.linspace(-1.0, 1.0, 41)
 
+#: Most units per channel on which the corrections score every candidate shift: a conv layer
+#: with more (images × positions) is scored on a fixed random subset of its positions; the
+#: chosen shift is then checked on every unit and kept per channel only where it helps there.
+CORRECTION_UNITS = 1 << 15
+
+
+def _unit_subset(x: torch.Tensor, target: torch.Tensor, cap: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x [T, N, C, H, W]`` and ``target [N, C, H, W]`` at the same random ≤ cap/N positions
+    (as ``[..., C, 1, P]``); other shapes, or few enough units, come back unchanged."""
+    if x.dim() != 5:
+        return x, target
+    N, hw = x.shape[1], x.shape[-2] * x.shape[-1]
+    keep = min(hw, max(1, math.ceil(cap / N)))
+    if keep == hw:
+        return x, target
+    pos = torch.randperm(hw, generator=torch.Generator().manual_seed(0))[:keep].sort().values
+    return x.flatten(-2)[..., pos].unsqueeze(-2), target.flatten(-2)[..., pos].unsqueeze(-2)
+
 
 @torch.no_grad()
 def correct_layerwise(snn: SpikingModel, ann_outputs: dict[str, torch.Tensor], inputs: list[torch.Tensor],
                       T: int, kind: str) -> dict[str, dict[str, float]]:
     """Bias or potential correction, one neuron layer after the other (earliest first).
 
-    For each layer: run the SNN ``T`` steps on ``inputs`` (earlier layers already
-    corrected) and record the layer's input currents; then, per channel, choose the
+    For each layer: run the SNN ``T`` steps on ``inputs`` as far as that layer (earlier
+    layers already corrected) and record its input currents; then, per channel, choose the
     shift that makes the layer's ``T``-step mean output closest (squared error) to the
     ANN's activation ``ann_outputs[name]`` on the same images — a constant input
     current of ``u·θ/T`` (``"bias"``) or an initial-membrane offset of ``u·θ``
@@ -478,7 +520,9 @@ def correct_layerwise(snn: SpikingModel, ann_outputs: dict[str, torch.Tensor], i
     never gets worse on these images). Choosing by the squared error rather than
     moving the mean by the mean difference matters: a channel whose many inactive
     units sit just below the rounding point (a constant background) flips as a whole
-    under a mean shift and overshoots.
+    under a mean shift and overshoots. The candidates are scored on at most
+    :data:`CORRECTION_UNITS` units per channel (see :func:`_unit_subset`); the winner is
+    kept only where it also lowers the error over all units.
 
     Returns, per layer, the mean squared error before and after its correction.
     """
@@ -497,7 +541,8 @@ def correct_layerwise(snn: SpikingModel, ann_outputs: dict[str, torch.Tensor], i
 
         h = neuron.register_forward_pre_hook(pre_hook)
         try:
-            snn(x_all, T, record=False)
+            for _ in snn.stream(x_all, T, record=False, until=name):
+                pass
         finally:
             h.remove()
         currents = torch.cat(chunks).contiguous()  # [T, N, ...] input of this layer (its bias not yet added)
@@ -507,32 +552,42 @@ def correct_layerwise(snn: SpikingModel, ann_outputs: dict[str, torch.Tensor], i
         base_bias = neuron.input_bias
         base = currents + base_bias if base_bias is not None else currents
 
-        def layer_error(bias: torch.Tensor | float | None, v0: torch.Tensor | None) -> torch.Tensor:
-            x = base if bias is None else base + bias
+        def layer_error(x: torch.Tensor, tgt: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
+            """Per-channel squared error with ``shift`` (in input current or membrane) added."""
+            v0 = neuron.v_offset
+            if shift is not None and kind == "bias":
+                x = x + shift
+            elif shift is not None:
+                v0 = shift if v0 is None else v0 + shift
             v = None
             if v0 is not None:
                 v = initial_membrane(x[0], th_b, neuron.v_init).add_(v0)
             out, _ = if_seq(x, threshold=th_b, v=v, v_init=neuron.v_init, reset=neuron.reset, scale_output=True,
                             max_spikes=neuron.max_spikes)
-            diff = out.mean(0) - target
+            diff = out.mean(0) - tgt
             return _channel_mean(diff * diff)
 
-        best_err = layer_error(None, neuron.v_offset)
-        before = float(best_err.mean())
+        full_before = layer_error(base, target, None)
+        before = float(full_before.mean())
+        sub_x, sub_target = _unit_subset(base, target, CORRECTION_UNITS)
+        subset = sub_x is not base
+        best_err = layer_error(sub_x, sub_target, None) if subset else full_before
         best_u = torch.zeros_like(best_err)
         th_c = th.reshape(-1, *([1] * (best_err.dim() - 1))) if th.numel() > 1 else th
+        unit = th_c / T if kind == "bias" else th_c  # one step of u in input current or membrane
         for u in CORRECTION_GRID.tolist():
             if u == 0.0:
                 continue
-            if kind == "bias":
-                err = layer_error(u * th_c / T, neuron.v_offset)
-            else:
-                off = u * th_c
-                err = layer_error(None, off if neuron.v_offset is None else neuron.v_offset + off)
+            err = layer_error(sub_x, sub_target, u * unit)
             better = err < best_err
             best_err = torch.where(better, err, best_err)
             best_u = torch.where(better, torch.full_like(best_u, u), best_u)
-        shift = best_u * th_c / T if kind == "bias" else best_u * th_c
+        shift = best_u * unit
+        if subset:  # keep the subset's choice only in the channels where it helps every unit
+            full_after = layer_error(base, target, shift)
+            helps = full_after < full_before
+            shift = torch.where(helps, shift, torch.zeros_like(shift))
+            best_err = torch.where(helps, full_after, full_before)
         if kind == "bias":
             neuron.input_bias = shift if base_bias is None else base_bias + shift
         else:
