@@ -3,7 +3,9 @@
 The fused LIF loops of :mod:`spikeforge.functional.lif` have two implementations:
 plain PyTorch ops (always available; the reference) and a small C file
 (``lif_kernels.c``) that keeps each membrane in registers for the whole sequence.
-The C file is compiled once per machine with ``cc -O3 -march=native -fopenmp`` into
+The C file is compiled once per machine with ``cc -O3 -march=native -fopenmp`` (and
+``-fno-trapping-math``: without it GCC 12 leaves the neuron loops scalar, since their
+``H >= θ`` selects may not be if-converted; values are unchanged) into
 the user cache (``$SPIKEFORGE_CACHE`` or ``~/.cache/spikeforge/kernels``) and loaded
 with :mod:`ctypes`; no Python headers or build tools beyond a C compiler are needed.
 If there is no compiler or the build fails, a warning is printed once and the
@@ -23,7 +25,7 @@ import warnings
 from pathlib import Path
 
 _SOURCE = Path(__file__).with_name("lif_kernels.c")
-_FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
+_FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-trapping-math", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
 _lib: ctypes.CDLL | None = None
 _tried = False
 

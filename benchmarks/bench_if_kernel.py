@@ -1,0 +1,100 @@
+"""The converter's IF neuron: native kernel (this checkout's compile flags, or others) against the PyTorch path.
+
+Usage::
+
+    python benchmarks/bench_if_kernel.py [--shapes 14,500,6,28,28 14,500,16,10,10] [--repeats 7] \
+        [--baseline-flags "-O3 -march=native -ffp-contract=off -fopenmp -shared -fPIC -std=c11"]
+
+Each setting runs in its own process (the kernel library is loaded once per process):
+``native`` (the flags in ``spikeforge._native``), ``native-baseline`` (``--baseline-flags``,
+built into a separate cache folder) and ``torch`` (``SPIKEFORGE_NATIVE=0``). Every process
+runs ``if_seq`` (scalar threshold, soft reset, v0 = θ/2, θ-scaled spikes: what a converted
+layer runs) on the same random currents ``[T, N, C, H, W]``, checks that the spikes equal the
+PyTorch path's, and reports the median time of ``--repeats`` runs after a warm-up. glibc keeps
+freed memory (as the SNN evaluation does) so that page faults do not dominate. Prints
+ratios against the PyTorch path measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def worker(shape: list[int], repeats: int, threads: int, flags: str | None) -> None:
+    import torch
+
+    from spikeforge import _native
+    from spikeforge._native.memory import keep_freed_memory
+    from spikeforge.functional.lif import if_forward_native
+    from spikeforge.functional.neuron import if_seq
+
+    if flags:
+        _native._FLAGS = flags.split()
+    keep_freed_memory()
+    torch.set_num_threads(threads)
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0)) * 2
+    th = torch.full((shape[2],) + (1,) * (len(shape) - 3), 1.5)  # per channel: the PyTorch path, same values
+    ref, _ = if_seq(x, threshold=th, v_init=0.5, reset="subtract", scale_output=True)
+    native = _native.enabled() and _native.library() is not None
+
+    def run():
+        return if_seq(x, threshold=1.5, v_init=0.5, reset="subtract", scale_output=True)[0]
+
+    if native and if_forward_native(x[:1], threshold=1.5, v=None, v_init=0.5, reset="subtract", steps=None,
+                                    scale_output=True) is None:
+        native = False
+    same = bool(torch.equal(run(), ref))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    print(json.dumps({"seconds": statistics.median(times), "native": native, "same_as_torch": same}))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shapes", nargs="+", default=["14,500,6,28,28", "14,500,16,10,10", "8,256,64,32,32"])
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--baseline-flags", default="-O3 -march=native -ffp-contract=off -fopenmp -shared -fPIC -std=c11")
+    p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        shape, flags = args.worker
+        worker([int(s) for s in shape.split(",")], args.repeats, args.threads, flags or None)
+        return
+    base_cache = tempfile.mkdtemp(prefix="sf-kernels-baseline-")
+    settings = {
+        "torch": ({"SPIKEFORGE_NATIVE": "0"}, ""),
+        "native-baseline": ({"SPIKEFORGE_CACHE": base_cache}, args.baseline_flags),
+        "native": ({}, ""),
+    }
+    print(f"threads={args.threads}; baseline flags: {args.baseline_flags}")
+    for shape in args.shapes:
+        got = {}
+        for name, (env, flags) in settings.items():
+            out = subprocess.run([sys.executable, __file__, "--worker", shape, flags, "--repeats", str(args.repeats),
+                                  "--threads", str(args.threads)], env={**os.environ, **env},
+                                 capture_output=True, text=True, check=True).stdout
+            got[name] = json.loads(out.strip().splitlines()[-1])
+        base = got["torch"]["seconds"]
+        numel = 1
+        for s in shape.split(","):
+            numel *= int(s)
+        print(f"[{shape}] ({numel / 1e6:.1f} M elements)")
+        for name, r in got.items():
+            ran = "native kernel" if r["native"] else "PyTorch path"
+            print(f"  {name:16s} {1e3 * r['seconds']:8.1f} ms  {base / r['seconds']:5.2f}x torch  ({ran}; "
+                  f"spikes {'==' if r['same_as_torch'] else '!='} PyTorch path)")
+
+
+if __name__ == "__main__":
+    main()
