@@ -1,9 +1,14 @@
-"""The converter's IF neuron: native kernel (this checkout's compile flags, or others) against the PyTorch path.
+"""The converter's IF neuron or spiking max-pool: native kernel (this checkout, or a baseline) against the PyTorch path.
 
 Usage::
 
     python benchmarks/bench_if_kernel.py [--shapes 14,500,6,28,28 14,500,16,10,10] [--repeats 7] \
         [--baseline-flags "-O3 -march=native -ffp-contract=off -fopenmp -shared -fPIC -std=c11"]
+    python benchmarks/bench_if_kernel.py --op lipool --baseline-src /tmp/sf-base/src --channels-last
+
+``--op lipool`` times the lateral-inhibition 2×2 max-pool (``SpikingMaxPool2d``) on θ-scaled
+spikes instead; ``--baseline-src`` runs the baseline with another source tree (its own kernel
+file and flags) instead of other flags.
 
 Each setting runs in its own process (the kernel library is loaded once per process):
 ``native`` (the flags in ``spikeforge._native``), ``native-baseline`` (``--baseline-flags``,
@@ -25,6 +30,34 @@ import subprocess
 import sys
 import tempfile
 import time
+
+
+def pool_worker(shape: list[int], repeats: int, threads: int, channels_last: bool) -> None:
+    import torch
+
+    from spikeforge import _native
+    from spikeforge._native.memory import keep_freed_memory
+    from spikeforge.layers import SpikingMaxPool2d
+
+    keep_freed_memory()
+    torch.set_num_threads(threads)
+    T, N = shape[0], shape[1]
+    x = (torch.rand(*shape, generator=torch.Generator().manual_seed(0)) < 0.2).float() * 1.5
+    if channels_last:
+        x = x.reshape(T * N, *shape[2:]).contiguous(memory_format=torch.channels_last).view(*shape)
+
+    def run():
+        return SpikingMaxPool2d(2)(x)
+
+    native = _native.enabled() and SpikingMaxPool2d(2)._lipool_native(x[:1]) is not None
+    first = run()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    print(json.dumps({"seconds": statistics.median(times), "native": native,
+                      "checksum": float(first.double().sum()), "same_as_torch": None}))
 
 
 def worker(shape: list[int], repeats: int, threads: int, flags: str | None) -> None:
@@ -65,24 +98,38 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--baseline-flags", default="-O3 -march=native -ffp-contract=off -fopenmp -shared -fPIC -std=c11")
+    p.add_argument("--baseline-src", default=None, help="a src/ folder: the baseline runs that tree's kernels")
+    p.add_argument("--op", choices=("if", "lipool"), default="if")
+    p.add_argument("--channels-last", action="store_true", help="lipool: channels-last time slices")
     p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         shape, flags = args.worker
-        worker([int(s) for s in shape.split(",")], args.repeats, args.threads, flags or None)
+        dims = [int(s) for s in shape.split(",")]
+        if args.op == "lipool":
+            pool_worker(dims, args.repeats, args.threads, args.channels_last)
+        else:
+            worker(dims, args.repeats, args.threads, flags or None)
         return
+    if args.op == "lipool" and args.shapes == p.get_default("shapes"):
+        args.shapes = ["14,500,6,28,28", "14,500,16,10,10", "8,256,64,32,32"]
     base_cache = tempfile.mkdtemp(prefix="sf-kernels-baseline-")
+    base_env = {"SPIKEFORGE_CACHE": base_cache}
+    if args.baseline_src:
+        base_env["PYTHONPATH"] = args.baseline_src
     settings = {
         "torch": ({"SPIKEFORGE_NATIVE": "0"}, ""),
-        "native-baseline": ({"SPIKEFORGE_CACHE": base_cache}, args.baseline_flags),
+        "native-baseline": (base_env, "" if args.baseline_src else args.baseline_flags),
         "native": ({}, ""),
     }
-    print(f"threads={args.threads}; baseline flags: {args.baseline_flags}")
+    print(f"op={args.op} threads={args.threads}; baseline: "
+          + (f"source {args.baseline_src}" if args.baseline_src else f"flags {args.baseline_flags}"))
     for shape in args.shapes:
         got = {}
         for name, (env, flags) in settings.items():
+            extra = ["--op", args.op] + (["--channels-last"] if args.channels_last else [])
             out = subprocess.run([sys.executable, __file__, "--worker", shape, flags, "--repeats", str(args.repeats),
-                                  "--threads", str(args.threads)], env={**os.environ, **env},
+                                  "--threads", str(args.threads), *extra], env={**os.environ, **env},
                                  capture_output=True, text=True, check=True).stdout
             got[name] = json.loads(out.strip().splitlines()[-1])
         base = got["torch"]["seconds"]
@@ -92,8 +139,9 @@ def main() -> None:
         print(f"[{shape}] ({numel / 1e6:.1f} M elements)")
         for name, r in got.items():
             ran = "native kernel" if r["native"] else "PyTorch path"
-            print(f"  {name:16s} {1e3 * r['seconds']:8.1f} ms  {base / r['seconds']:5.2f}x torch  ({ran}; "
-                  f"spikes {'==' if r['same_as_torch'] else '!='} PyTorch path)")
+            check = (f"spikes {'==' if r['same_as_torch'] else '!='} PyTorch path" if r["same_as_torch"] is not None
+                     else f"output sum {r['checksum']:.6g}")
+            print(f"  {name:16s} {1e3 * r['seconds']:8.1f} ms  {base / r['seconds']:5.2f}x torch  ({ran}; {check})")
 
 
 if __name__ == "__main__":

@@ -197,6 +197,22 @@ INLINE void lipool_planes(const void *x, int64_t T, int64_t planes, int64_t H, i
             const int64_t xo = (t * planes + p) * hw;
             for (int64_t i = 0; i < hw; i++) a[i] += ld(x, xo + i, bf);
             const int64_t oo = (t * planes + p) * ohw;
+            if (kh == 2 && kw == 2) {  /* the common 2x2 pool: a loop over ox that vectorizes */
+                for (int64_t oy = 0; oy < Ho; oy++) {
+                    const float *r0 = a + 2 * oy * W, *r1 = r0 + W;
+                    float *pr = pv + oy * Wo;
+                    const int64_t ob = oo + oy * Wo;
+                    for (int64_t ox = 0; ox < Wo; ox++) {
+                        float m = r0[2 * ox], v = r0[2 * ox + 1];  /* same order of comparisons as below */
+                        m = v > m ? v : m;
+                        v = r1[2 * ox]; m = v > m ? v : m;
+                        v = r1[2 * ox + 1]; m = v > m ? v : m;
+                        st(out, ob + ox, m - pr[ox], bf);
+                        pr[ox] = m;
+                    }
+                }
+                continue;
+            }
             for (int64_t oy = 0; oy < Ho; oy++) {
                 for (int64_t ox = 0; ox < Wo; ox++) {
                     const float *w = a + oy * kh * W + ox * kw;
@@ -237,6 +253,22 @@ INLINE void lipool_cl(const void *x, int64_t T, int64_t N, int64_t H, int64_t W,
             for (int dy = 0; dy < kh; dy++)
                 for (int64_t i = 0; i < used; i++) a[dy * wc + i] += ld(x, xo + dy * wc + i, bf);
             const int64_t oo = ((t * N + n) * Ho + oy) * owc;
+            if (kh == 2 && kw == 2) {  /* the common 2x2 pool: the channel loop vectorizes */
+                for (int64_t ox = 0; ox < Wo; ox++) {
+                    const float *w0 = a + ox * 2 * C, *w1 = w0 + wc;
+                    float *pc = pv + ox * C;
+                    const int64_t ob = oo + ox * C;
+                    for (int64_t c = 0; c < C; c++) {
+                        float m = w0[c], v = w0[C + c];  /* same order of comparisons as below */
+                        m = v > m ? v : m;
+                        v = w1[c]; m = v > m ? v : m;
+                        v = w1[C + c]; m = v > m ? v : m;
+                        st(out, ob + c, m - pc[c], bf);
+                        pc[c] = m;
+                    }
+                }
+                continue;
+            }
             for (int64_t ox = 0; ox < Wo; ox++) {
                 const float *w = a + ox * kw * C;
                 float *pc = pv + ox * C;
