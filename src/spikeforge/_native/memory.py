@@ -8,22 +8,28 @@ buffer cost ~15 ms to allocate and touch, more than the neuron update written in
 :func:`keep_freed_memory` tells glibc to serve large blocks from the heap and not to
 trim it, so buffers freed by one step are reused by the next without page faults.
 Peak memory is unchanged; memory is returned to the OS when the process exits.
+Training (``fit_snn``), the SNN's runs (:meth:`SpikingModel.stream`) and the UNet
+experiment apply it; ``SPIKEFORGE_KEEP_FREED_MEMORY=0`` turns it off.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 _done = False
 
 
 def keep_freed_memory() -> bool:
-    """Apply the glibc settings once; False where glibc's ``mallopt`` is not available."""
+    """Apply the glibc settings once; False where glibc's ``mallopt`` is not available or
+    ``SPIKEFORGE_KEEP_FREED_MEMORY=0`` says not to."""
     global _done
     if _done:
         return True
+    if os.environ.get("SPIKEFORGE_KEEP_FREED_MEMORY", "1").lower() in ("0", "false", "no", "off"):
+        return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt

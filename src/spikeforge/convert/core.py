@@ -9,6 +9,7 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import fx, nn
 
+from spikeforge._native.memory import keep_freed_memory
 from spikeforge.convert.calibrate import ActivationRecorder
 from spikeforge.convert.graph import (
     ConversionError,
@@ -174,6 +175,7 @@ class SpikingModel(nn.Module):
         what that layer needs and yield its spikes instead of the network's output.
         """
         graph = self.graph_module if until is None else self._graph_until(until)
+        keep_freed_memory()  # chunk buffers above glibc's mmap limit would be page-faulted in again every chunk
         if sequence:
             if x.dim() < 2:
                 raise ValueError(f"a sequence input must be [T, N, ...], got shape {tuple(x.shape)}")
