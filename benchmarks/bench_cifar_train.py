@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/bench_cifar_train.py [--batch 256] [--steps 6] [--repeats 3] \
-        [--accuracy --data-dir ../shared/data/cifar10 --epochs 2 --train-limit 10000]
+        [--model resnet18 --width 0.5] [--accuracy --data-dir ../shared/data/cifar10 --epochs 2 --train-limit 10000]
 
 Speed: forward + backward + SGD step on random 32×32 batches, the three settings in
 alternating repeats within this process; prints median samples/s and ratios to fp32
@@ -50,15 +50,23 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--train-limit", type=int, default=10000)
+    ap.add_argument("--model", default="cifar-fast", help="speed only: any registered CIFAR model (resnet18, vgg11, ...)")
+    ap.add_argument("--width", type=float, default=None, help="width multiplier of a --model backbone")
     args = ap.parse_args()
-    print(f"threads={torch.get_num_threads()} batch={args.batch}")
+    from spikeforge.precision import cpu_flags, native_bf16
+
+    native = [f for f in ("avx512_bf16", "amx_bf16") if f in cpu_flags()]
+    print(f"threads={torch.get_num_threads()} batch={args.batch} model={args.model}"
+          + (f" width={args.width:g}" if args.width is not None else "")
+          + f"; native bf16: {native_bf16()} ({', '.join(native) or 'no avx512_bf16/amx_bf16 flag'})")
+    kwargs = {} if args.width is None else {"width": args.width}
     x = torch.rand(args.batch, 3, 32, 32)
     y = torch.randint(0, 10, (args.batch,))
     times: dict[str, list[float]] = {k: [] for k in SETTINGS}
     for _ in range(args.repeats):
         for name, (bf16, cl) in SETTINGS.items():
             torch.manual_seed(0)
-            model = create_model("cifar-fast").train()
+            model = create_model(args.model, **kwargs).train()
             xb = x
             if cl:
                 model = model.to(memory_format=torch.channels_last)
