@@ -375,7 +375,8 @@ def _report(m: dict[str, Any]) -> str:
          if m["training"].get("model", "cifar-fast") == "cifar-fast" else
          f"Network: `{m['training']['model']}` at width ×{m['training']['width']:g} (1 = 64-128-256-512 channels), ")
         + f"{m['training']['activation']} activation, {m['parameters']:,} parameters. Training: {m['epochs']} epochs, "
-        f"{m.get('precision_choice') or m['training']['precision']}, batch {m['training']['batch_size']}, Nesterov SGD lr {m['training']['lr']} "
+        f"{m.get('precision_choice') or m['training']['precision']}, batch {m['training']['batch_size']}, "
+        f"Nesterov SGD lr {m['training']['lr']} "
         f"(warm-up {m['training']['warmup']}, then linear decay), label smoothing {m['training']['label_smoothing']}, "
         f"flip + {m['training']['translate']}-pixel translation"
         f"{', weight averaging (lookahead)' if m['training'].get('lookahead') else ''}; "
@@ -423,8 +424,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     args.precision_note = None
     if args.precision == "auto":
         args.precision = "bf16" if native_bf16(device) else "fp32"
-        args.precision_note = (f"{args.precision} (auto: " + ("native bfloat16 on this device)" if args.precision == "bf16"
-                               else "no native bfloat16 on this device, where bf16 autocast is slower than fp32)"))
+        why = ("native bfloat16 on this device" if args.precision == "bf16"
+               else "no native bfloat16 on this device, where bf16 autocast is slower than fp32")
+        args.precision_note = f"{args.precision} (auto: {why})"
     out = prepare_out_dir(args.out)
     if args.resume and not (out / "checkpoint.pt").is_file() and not (out / "model.pt").is_file():
         raise CheckpointError(f"--resume: no checkpoint to resume from in --out {out} (expected {out / 'checkpoint.pt'})")

@@ -317,7 +317,8 @@ def _train_one(name, args, out: Path, model_cfg, train, test, classes) -> dict[s
         "history": history,
         "model": {"name": name, **model_cfg},
         "training": asdict(cfg),
-        "recipe": {"name": args.recipe, "overridden": list(args.overrides), "adjusted": dict(getattr(args, "adjusted", {}))},
+        "recipe": {"name": args.recipe, "overridden": list(args.overrides),
+                   "adjusted": dict(getattr(args, "adjusted", {}))},
         "environment": environment(),
         **parallel_info(device),
     }
