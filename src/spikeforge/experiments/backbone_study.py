@@ -250,6 +250,7 @@ class Study:
         self.flip = args.dataset in ("cifar10", "fashion-mnist")
         self.models: dict[str, torch.nn.Module] = {}
         self.timings: dict[str, dict[str, float]] = {}
+        self.configs: dict[str, dict[str, Any]] = {}  # the training config of each network in use
 
     def build(self, entry: Entry) -> torch.nn.Module:
         extra = {"levels": self.args.levels} if self.preset.activation == "qcfs" else {}
@@ -280,6 +281,13 @@ class Study:
             cfg["bf16"] = True
         return cfg
 
+    def _other_precision_only(self, stored: dict[str, Any], cfg: dict[str, Any]) -> bool:
+        """A cached network that differs only in bf16 is reused unless --bf16/--no-bf16 was given:
+        the preset's bf16 follows the machine (a study folder may move between machines)."""
+        if getattr(self.args, "bf16", None) is not None:
+            return False
+        return {k: v for k, v in stored.items() if k != "bf16"} == {k: v for k, v in cfg.items() if k != "bf16"}
+
     def model(self, entry: Entry) -> tuple[torch.nn.Module, dict[str, Any]]:
         """The trained network of ``entry`` (from the cache when its config matches)."""
         if entry.weights_of is not None:
@@ -293,8 +301,9 @@ class Study:
         if path.exists():
             try:
                 payload = load_checkpoint(path, required=("model", "config", "info"))
-                if payload["config"] == cfg:
+                if payload["config"] == cfg or self._other_precision_only(payload["config"], cfg):
                     load_state(model, payload["model"], path)
+                    cfg = dict(payload["config"])
                     info = dict(payload["info"], cached=True)
                     print(f"[{entry.name}] trained weights loaded from {path}")
                 else:
@@ -307,7 +316,7 @@ class Study:
             save_checkpoint(path, {"model": model.state_dict(), "config": cfg, "info": info})
             info = dict(info, cached=False)
         model.to(self.device).eval()
-        self.models[entry.name], self.timings[entry.name] = model, info
+        self.models[entry.name], self.timings[entry.name], self.configs[entry.name] = model, info, cfg
         return model, info
 
     def _fit(self, entry: Entry, model: torch.nn.Module) -> dict[str, Any]:
@@ -353,7 +362,7 @@ class Study:
     def evaluate(self, entry: Entry) -> dict[str, Any]:
         model, info = self.model(entry)
         options = self.conversion_options(entry)
-        key = {"train": self.train_config(ENTRIES[entry.weights_of or entry.name]), "conversion": options,
+        key = {"train": self.configs[entry.weights_of or entry.name], "conversion": options,
                "T": self.preset.T, "test_limit": self.preset.test_limit, "calib_batches": self.preset.calib_batches}
         path = self.out / "results" / f"{entry.name}.json"
         if path.exists() and info.get("cached"):  # weights unchanged since that evaluation
