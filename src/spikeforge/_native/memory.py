@@ -20,22 +20,25 @@ import os
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 _done = False
+_unavailable = False  # no glibc mallopt here: not looked up again (every SNN run calls this)
 
 
 def keep_freed_memory() -> bool:
     """Apply the glibc settings once; False where glibc's ``mallopt`` is not available or
     ``SPIKEFORGE_KEEP_FREED_MEMORY=0`` says not to."""
-    global _done
+    global _done, _unavailable
     if _done:
         return True
-    if os.environ.get("SPIKEFORGE_KEEP_FREED_MEMORY", "1").lower() in ("0", "false", "no", "off"):
+    if _unavailable or os.environ.get("SPIKEFORGE_KEEP_FREED_MEMORY", "1").lower() in ("0", "false", "no", "off"):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
     except (OSError, AttributeError):
+        _unavailable = True
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     ok = bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
     _done = ok
+    _unavailable = not ok
     return ok
