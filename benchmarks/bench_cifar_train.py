@@ -53,6 +53,8 @@ def main() -> None:
     ap.add_argument("--model", default="cifar-fast", help="speed only: any registered CIFAR model (resnet18, vgg11, ...)")
     ap.add_argument("--width", type=float, default=None, help="width multiplier of a --model backbone")
     args = ap.parse_args()
+    if args.width is not None and args.model == "cifar-fast":
+        ap.error("--width scales a --model backbone (resnet18, vgg11, ...); cifar-fast has fixed widths")
     from spikeforge.precision import cpu_flags, native_bf16
 
     native = [f for f in ("avx512_bf16", "amx_bf16") if f in cpu_flags()]
