@@ -275,3 +275,18 @@ def test_fc_lif_recipes_set_the_hidden_dropout():
     s, over = _settings("fc-lif", "--dropout", "0")
     assert s["dropout"] == 0.0 and over == ["dropout"]
     assert "dropout" not in _settings("csnn")[0]  # only fc-lif has a hidden layer to drop
+
+
+def test_resume_keeps_the_checkpoints_precision(tmp_path, monkeypatch):
+    """A csnn checkpoint trained in bf16 resumes in bf16 on a machine whose recipe choice is
+    float32 (and the reverse), unless --bf16/--no-bf16 says otherwise."""
+    from spikeforge.experiments import direct_train
+
+    out = tmp_path / "csnn"
+    args = ["run", "csnn", "--epochs", "1", "--train-limit", "64", "--channels", "4", "--out", str(out), "--no-progress"]
+    assert main(args + ["--bf16"]) == 0
+    monkeypatch.setattr(direct_train, "recipe_bf16", lambda want, device=None: (False, "no native bfloat16 (test)"))
+    assert main(args + ["--resume"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["training"]["bf16"] is True and "trained in" in m["recipe"]["adjusted"]["bf16"]
+    assert main(args + ["--resume", "--no-bf16"]) == 2  # insisting on the other precision still refuses

@@ -342,11 +342,12 @@ def _train_or_load(args, out: Path, train, test, num_classes: int,
                                "epoch": epoch, "state": state, "train_seconds": spent + time.perf_counter() - t0})
 
     if start <= args.epochs:
+        # channels-last in float32 too: 1.27x (cifar-fast) and 1.40x (ResNet-18 x0.5) on an AVX2 CPU
         history = train_classifier(
             model, train, test, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
             weight_decay=args.weight_decay, momentum=args.momentum, optimizer="sgd", schedule="linear",
             warmup=args.warmup, label_smoothing=args.label_smoothing, bias_lr_scale=args.bias_lr_scale,
-            augment_shift=args.translate, flip=True, bf16=bf16, channels_last=bf16, seed=args.seed,
+            augment_shift=args.translate, flip=True, bf16=bf16, channels_last=True, seed=args.seed,
             progress=not args.no_progress, start_epoch=start, history=history, opt_state=opt_state,
             on_state=on_state, device=device, sync_bn=getattr(args, "sync_bn", False), lookahead=args.lookahead,
         )

@@ -39,6 +39,7 @@ from spikeforge.models import create_model
 from spikeforge.nir.cli import add_export_argument, check_exportable, export_file
 from spikeforge.precision import recipe_bf16
 from spikeforge.plots import plot_curves, plot_history, plot_predictions, plot_spike_stats, plot_sweep
+from spikeforge.train.checkpoint import load_checkpoint
 from spikeforge.train.losses import LOSSES, SMOOTHABLE
 from spikeforge.train.snn import OPTIMIZERS, SNNTrainConfig, fit_snn, predict
 
@@ -453,6 +454,18 @@ def _sweep(args: argparse.Namespace, out: Path, train, test, classes) -> dict[st
     return metrics
 
 
+def _adopt_checkpoint_precision(args: argparse.Namespace, ckpt: Path) -> None:
+    """``--resume`` without ``--bf16/--no-bf16``: continue in the precision the checkpoint was
+    trained in (the recipe's choice depends on the machine; the checkpoint must not)."""
+    stored = load_checkpoint(ckpt, required=("identity",))["identity"]
+    bf16 = stored.get("train", {}).get("bf16") if isinstance(stored, dict) else None
+    if isinstance(bf16, bool) and bf16 != args.settings["bf16"]:
+        args.settings["bf16"] = bf16
+        note = f"bf16={bf16}: the precision {ckpt} was trained in (--resume without --bf16/--no-bf16)"
+        args.adjusted["bf16"] = note
+        print(f"note: {note}")
+
+
 def _runner(name: str):
     def run(args: argparse.Namespace) -> dict[str, Any]:
         args.settings, args.overrides = resolve_settings(name, args)
@@ -467,6 +480,8 @@ def _runner(name: str):
         if args.resume and not (name == "fc-lif" and args.sweep) and not (out / "checkpoint.pt").is_file():
             raise CheckpointError(f"--resume: no checkpoint to resume from in --out {out} "
                                   f"(expected {out / 'checkpoint.pt'})")
+        if args.resume and args.bf16 is None and not (name == "fc-lif" and args.sweep):
+            _adopt_checkpoint_precision(args, out / "checkpoint.pt")
         train, test, classes = load_split_tensors(args.dataset, args.data_dir, args.val_split)
         require_images(args.dataset, args.data_dir, train, test, model=name, shape=(1, 28, 28), num_classes=10)
         if args.train_limit:
