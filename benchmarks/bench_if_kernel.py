@@ -7,7 +7,8 @@ Usage::
     python benchmarks/bench_if_kernel.py --op lipool --baseline-src /tmp/sf-base/src --channels-last
 
 ``--op lipool`` times the lateral-inhibition 2×2 max-pool (``SpikingMaxPool2d``) on θ-scaled
-spikes instead; ``--baseline-src`` runs the baseline with another source tree (its own kernel
+spikes instead; ``--op plif-backward`` the surrogate-gradient backward pass of a LIF layer with
+a learnable decay β (``ParametricLIF``: dL/dX and dL/dβ; checks dL/dβ against the PyTorch path); ``--baseline-src`` runs the baseline with another source tree (its own kernel
 file and flags) instead of other flags.
 
 Each setting runs in its own process (the kernel library is loaded once per process):
@@ -60,6 +61,35 @@ def pool_worker(shape: list[int], repeats: int, threads: int, channels_last: boo
                       "checksum": float(first.double().sum()), "same_as_torch": None}))
 
 
+def plif_worker(shape: list[int], repeats: int, threads: int) -> None:
+    import torch
+
+    from spikeforge import _native
+    from spikeforge._native.memory import keep_freed_memory
+    from spikeforge.functional.lif import lif_seq
+
+    keep_freed_memory()
+    torch.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=gen) * 1.5
+    grad = torch.randn(*shape, generator=gen)
+    beta = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
+
+    def run(backend: str = "auto"):
+        beta.grad = None
+        s, _, _ = lif_seq(x, beta=beta, threshold=1.0, decay_input=True, backend=backend)
+        t0 = time.perf_counter()
+        s.backward(grad)
+        return time.perf_counter() - t0, float(beta.grad)
+
+    _, ref = run("torch")
+    _, got = run()
+    times = [run()[0] for _ in range(repeats)]
+    native = _native.enabled() and _native.library() is not None
+    print(json.dumps({"seconds": statistics.median(times), "native": native, "same_as_torch": None,
+                      "checksum": got, "torch_gbeta": ref}))
+
+
 def worker(shape: list[int], repeats: int, threads: int, flags: str | None) -> None:
     import torch
 
@@ -99,7 +129,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--baseline-flags", default="-O3 -march=native -ffp-contract=off -fopenmp -shared -fPIC -std=c11")
     p.add_argument("--baseline-src", default=None, help="a src/ folder: the baseline runs that tree's kernels")
-    p.add_argument("--op", choices=("if", "lipool"), default="if")
+    p.add_argument("--op", choices=("if", "lipool", "plif-backward"), default="if")
     p.add_argument("--channels-last", action="store_true", help="lipool: channels-last time slices")
     p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -108,11 +138,13 @@ def main() -> None:
         dims = [int(s) for s in shape.split(",")]
         if args.op == "lipool":
             pool_worker(dims, args.repeats, args.threads, args.channels_last)
+        elif args.op == "plif-backward":
+            plif_worker(dims, args.repeats, args.threads)
         else:
             worker(dims, args.repeats, args.threads, flags or None)
         return
-    if args.op == "lipool" and args.shapes == p.get_default("shapes"):
-        args.shapes = ["14,500,6,28,28", "14,500,16,10,10", "8,256,64,32,32"]
+    if args.op == "plif-backward" and args.shapes == p.get_default("shapes"):
+        args.shapes = ["8,128,800", "8,64,64,16,16", "25,128,256"]  # fc, conv and longer-T layers
     base_cache = tempfile.mkdtemp(prefix="sf-kernels-baseline-")
     base_env = {"SPIKEFORGE_CACHE": base_cache}
     if args.baseline_src:
@@ -140,7 +172,8 @@ def main() -> None:
         for name, r in got.items():
             ran = "native kernel" if r["native"] else "PyTorch path"
             check = (f"spikes {'==' if r['same_as_torch'] else '!='} PyTorch path" if r["same_as_torch"] is not None
-                     else f"output sum {r['checksum']:.6g}")
+                     else f"dL/dbeta {r['checksum']:.8g} (PyTorch path {r['torch_gbeta']:.8g})"
+                     if "torch_gbeta" in r else f"output sum {r['checksum']:.6g}")
             print(f"  {name:16s} {1e3 * r['seconds']:8.1f} ms  {base / r['seconds']:5.2f}x torch  ({ran}; {check})")
 
 

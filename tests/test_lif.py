@@ -71,6 +71,26 @@ def test_learnable_beta_gradient_matches_reference(decay_input, backend):
     torch.testing.assert_close(out[0], out[1], atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reset,v0,steps", [("zero", False, None), ("subtract", True, None), ("zero", True, None),
+                                            ("subtract", False, 8), ("zero", True, 8)])
+def test_learnable_beta_gradient_every_branch(reset, v0, steps, backend):
+    """dL/dβ with zero reset, a given initial membrane and a constant input (the kernel's
+    separate first-step and reset branches) against the step-by-step reference."""
+    torch.manual_seed(5)
+    dtype = torch.float64 if backend == "torch" else torch.float32
+    x = torch.randn(*((4, 70) if steps else (8, 4, 70)), dtype=dtype) + 0.6
+    v = torch.rand(4, 70, dtype=dtype) if v0 else None
+    out = []
+    for fn in (lambda *a, **k: lif_seq(*a, backend=backend, **k), lif_seq_reference):
+        b = torch.tensor(0.7, dtype=dtype, requires_grad=True)
+        s, h, _ = fn(x, beta=b, v=v, reset=reset, steps=steps, decay_input=True, surrogate=ATan())
+        assert s.sum() > 0 and (s == 0).any()
+        (s.sum() + 0.1 * h.square().sum()).backward()
+        out.append(b.grad.double())
+    torch.testing.assert_close(out[0], out[1], atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.skipif(not _native_available(), reason="no C compiler")
 @pytest.mark.parametrize("sg", [ATan(2.0), Sigmoid(4.0), FastSigmoid(25.0), Triangle(1.0)], ids=repr)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -115,8 +115,8 @@ INLINE double bwd_block(const float *h, const void *gs, const float *gh, void *g
     /* B = dV/dH = 1 - zr*S - (1-detach) * f' * (zr*H + (1-zr)*th) */
     const float zr = zero_reset ? 1.0f : 0.0f, nzr = 1.0f - zr, nd = detach ? 0.0f : 1.0f;
     float nxt[BS], sum[BS];
-    double acc = 0.0;
-    for (int64_t j = 0; j < m; j++) { nxt[j] = 0.0f; sum[j] = 0.0f; }
+    double acc = 0.0, bacc[BS];
+    for (int64_t j = 0; j < m; j++) { nxt[j] = 0.0f; sum[j] = 0.0f; bacc[j] = 0.0; }
     for (int64_t t = T - 1; t >= 0; t--) {
         const int64_t o = t * n + i0;
         for (int64_t j = 0; j < m; j++) {
@@ -130,20 +130,29 @@ INLINE double bwd_block(const float *h, const void *gs, const float *gh, void *g
             if (constant) sum[j] += dh; else st(gx, o + j, alpha * dh, bf);
         }
         if (want_beta) {
-            for (int64_t j = 0; j < m; j++) {
-                float vp;
-                if (t == 0) vp = v0 ? v0[i0 + j] : 0.0f;
-                else {
-                    float hp = h[o - n + j], fp = hp >= th ? 1.0f : 0.0f;
-                    vp = zero_reset ? (fp > 0.0f ? 0.0f : hp) : hp - th * fp;
+            /* dL/dbeta += dH_t * (V_{t-1} - X_t if decay_input); one double accumulator per
+             * lane so that the loop vectorizes (a single running sum would not) */
+            const int64_t xo = constant ? i0 : o;
+            if (t == 0) {
+                for (int64_t j = 0; j < m; j++) {
+                    float g = v0 ? v0[i0 + j] : 0.0f;
+                    if (decay_input) g -= ld(x, xo + j, bf);
+                    bacc[j] += (double)(nxt[j] * g);
                 }
-                float g = vp;
-                if (decay_input) g -= ld(x, (constant ? i0 : o) + j, bf);
-                acc += (double)(nxt[j] * g);
+            } else {
+                const float *hp = h + (o - n);
+                for (int64_t j = 0; j < m; j++) {
+                    float hv = hp[j];
+                    int fp = hv >= th;
+                    float g = zero_reset ? (fp ? 0.0f : hv) : (fp ? hv - th : hv);
+                    if (decay_input) g -= ld(x, xo + j, bf);
+                    bacc[j] += (double)(nxt[j] * g);
+                }
             }
         }
     }
     if (constant) for (int64_t j = 0; j < m; j++) st(gx, i0 + j, alpha * sum[j], bf);
+    if (want_beta) for (int64_t j = 0; j < m; j++) acc += bacc[j];
     return acc;
 }
 
