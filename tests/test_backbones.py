@@ -259,8 +259,10 @@ def test_study_with_the_sgd_bf16_binary_recipe(tmp_path, capsys, monkeypatch):
     assert main(args + ["--threshold", "percentile"]) == 0
     log = capsys.readouterr().out
     # same nets; new evaluations, except the ablation's (it keeps the seed's percentile converter)
-    assert "trained weights loaded" in log and log.count("reused") == 1 and "[resnet18-shared-neuron] evaluation reused" in log
-    assert "training again" not in log and "bf16" in json.loads((out / "study.json").read_text())["adjusted"]
+    assert "trained weights loaded" in log and log.count("evaluation reused") == 1 and "[resnet18-shared-neuron] evaluation reused" in log
+    adjusted = json.loads((out / "study.json").read_text())["adjusted"]
+    assert "training again" not in log and "bf16" in adjusted
+    assert adjusted["bf16_reused"] == "resnet18, resnet18-simclr reused from the cache as trained, in bfloat16"
 
 
 def test_study_bad_arguments(tmp_path, capsys):

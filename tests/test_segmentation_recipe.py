@@ -170,3 +170,27 @@ def test_lucchi_validation_split_snn_on_every_slice_and_saved_masks(tmp_path):
     # every training slice held out: refused with a one-line error
     assert cli_main([*argv[:-2], "--val-slices", "5", "--out", str(tmp_path / "bad")]) == 2
 
+
+def test_lucchi_network_keeps_its_precision_on_another_machine(tmp_path, monkeypatch):
+    """A unet.pt trained on a machine of the other kind (native bf16 or not) is reused in its
+    own precision, not retrained over; --bf16/--no-bf16 still decides when given."""
+    from spikeforge.experiments import unet_convert
+
+    data = tmp_path / "lucchi"
+    write_lucchi(data, 4)
+    out = tmp_path / "run"
+    argv = ["run", "unet-convert", "--dataset", "lucchi", "--data-dir", str(data), "--val-slices", "2",
+            "--width", "2", "--depth", "2", "--steps", "2", "--batch-size", "2", "--patch", "32", "--T", "2",
+            "--curve-T", "2", "--curve-slices", "1", "--tile", "0", "--calib-batches", "1", "--examples", "0",
+            "--threads", "1", "--no-progress", "--out", str(out)]
+    assert cli_main(argv + ["--bf16"]) == 0
+    first = (out / "unet.pt").read_bytes()
+    monkeypatch.setattr(unet_convert, "recipe_bf16", lambda want, device=None, option="": (False, "test: no bf16"))
+    assert cli_main(argv) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["checkpoint_reused"] is True and m["config"]["bf16"] is True
+    assert "trained in" in m["adjusted"]["bf16"] and (out / "unet.pt").read_bytes() == first
+    assert cli_main(argv + ["--no-bf16"]) == 0  # insisting on float32: other options, trained again
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["checkpoint_reused"] is False and m["config"]["bf16"] is False and "bf16" not in m["adjusted"]
+

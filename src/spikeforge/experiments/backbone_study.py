@@ -518,6 +518,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for name in order:
         metrics[name] = study.evaluate(ENTRIES[name])
         write_json(out / "metrics.json", metrics)  # partial results survive an interruption
+    kept = sorted(n for n, c in study.configs.items() if n not in study.loads and bool(c.get("bf16")) != preset.bf16)
+    if kept:  # cached networks reused in the precision they were trained in
+        adjusted["bf16_reused"] = (f"{', '.join(kept)} reused from the cache as trained, in "
+                                   f"{'float32' if preset.bf16 else 'bfloat16'}")
+        print(f"note: {adjusted['bf16_reused']}")
     meta = {
         "command": command_line(),
         "dataset": args.dataset,

@@ -63,7 +63,7 @@ from spikeforge.evaluate_segmentation import (
     evaluate_snn_segmentation,
     power_of_two_steps,
 )
-from spikeforge.errors import ConfigError
+from spikeforge.errors import CheckpointError, ConfigError
 from spikeforge.experiments.common import (
     add_device_arguments, add_method_arguments, command_line, device_of, environment, fraction, integer,
     learning_rate, method_name, method_options, nonnegative_float, nonnegative_int, parallel_info, percentile_value,
@@ -77,6 +77,7 @@ from spikeforge.models import create_model
 from spikeforge.nir.cli import add_export_argument, check_exportable, export_file
 from spikeforge.plots import plot_bars, plot_curves, plot_metrics_vs_steps, plot_segmentation_panels, plot_spike_stats
 from spikeforge.precision import recipe_bf16
+from spikeforge.train.checkpoint import load_checkpoint
 from spikeforge.train.segmentation import SCHEDULES, train_segmenter
 
 #: Defaults of the synthetic run, of the Lucchi run and of ``--quick``; explicit options win.
@@ -377,6 +378,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(before)
 
 
+def _stored_bf16(ckpt: Path, train_cfg: dict[str, Any]) -> bool | None:
+    """The bf16 setting of a checkpoint that differs from ``train_cfg`` in bf16 alone (else None)."""
+    try:
+        stored = load_checkpoint(ckpt, required=("config",))["config"]
+    except CheckpointError:
+        return None  # the training reports it and starts afresh
+    if isinstance(stored, dict) and isinstance(stored.get("bf16"), bool) and stored["bf16"] != train_cfg["bf16"] \
+            and {**stored, "bf16": train_cfg["bf16"]} == train_cfg:
+        return stored["bf16"]
+    return None
+
+
 def _run(args: argparse.Namespace) -> dict[str, Any]:
     t_start, cpu_start = time.perf_counter(), time.process_time()
     # Reuse freed activation buffers instead of page-faulting fresh ones at every step
@@ -389,7 +402,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     adjusted: dict[str, str] = {}
     for key in ("bf16", "snn_bf16"):  # the recipe's bf16, where the hardware has it
         if getattr(args, key, None) is None and cfg[key]:
-            cfg[key], note = recipe_bf16(True, device)
+            cfg[key], note = recipe_bf16(True, device, option="--" + key.replace("_", "-"))
             if note:
                 adjusted[key] = note
                 print(f"note ({key}): {note}")
@@ -424,6 +437,12 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     ckpt = out / "unet.pt"
     if args.retrain and ckpt.exists():
         ckpt.unlink()
+    if args.bf16 is None and ckpt.exists():  # a stored network keeps the precision it was trained in
+        stored = _stored_bf16(ckpt, train_cfg)
+        if stored is not None:
+            cfg["bf16"] = train_cfg["bf16"] = stored
+            adjusted["bf16"] = f"bf16={stored}: the precision {ckpt} was trained in (reused or resumed as it is)"
+            print(f"note (bf16): {adjusted['bf16']}")
     sampler = PatchSampler(train, cfg["patch"], seed=args.seed, augment=cfg["augment"], jitter=cfg["jitter"])
     t0 = time.perf_counter()
     history, reused = train_segmenter(
