@@ -390,3 +390,21 @@ def test_cifar_convert_init_from_a_relu_run_fine_tunes_with_qcfs(tmp_path, no_ne
     assert rc != 0 and "widths" in capsys.readouterr().err
     rc = main(base + ["--epochs", "1", "--init-from", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y")])
     assert rc != 0 and "nowhere" in capsys.readouterr().err and not (tmp_path / "y" / "checkpoint.pt").exists()
+
+
+def test_engine_keeps_the_contiguous_layout_where_onednn_fails_channels_last():
+    # a strided 1x1 convolution with 4 input channels: oneDNN's AVX2 weight gradient segfaults
+    # (one thread) or hangs (two) in channels-last, so the engine must train it contiguous
+    from spikeforge.train.engine import Engine, channels_last_hazard
+
+    toy = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 8, 1, stride=2))
+    assert "2 is a strided 1x1 convolution with 4 input channels" in channels_last_hazard(toy)
+    with pytest.warns(UserWarning, match="contiguous layout instead of channels-last"):
+        eng = Engine(toy, channels_last=True, progress=False)
+    assert not eng.channels_last and toy[2].weight.is_contiguous()
+    x = torch.rand(8, 3, 16, 16)
+    toy(x).sum().backward()  # the contiguous path: no crash
+    wide = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 1, stride=2))
+    assert channels_last_hazard(wide) is None
+    eng = Engine(wide, channels_last=True, progress=False)
+    assert eng.channels_last and wide[2].weight.is_contiguous(memory_format=torch.channels_last)

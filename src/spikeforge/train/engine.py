@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
@@ -34,7 +35,7 @@ from spikeforge.errors import CheckpointError
 from spikeforge.progress import progress as progress_bar
 from spikeforge.train.divergence import check_loss, check_weights
 
-__all__ = ["Engine", "model_device", "seed_everything"]
+__all__ = ["Engine", "channels_last_hazard", "model_device", "seed_everything"]
 
 Sums = dict[str, float]
 
@@ -52,6 +53,28 @@ def model_device(model: nn.Module) -> torch.device:
     for t in model.buffers():
         return t.device
     return torch.device("cpu")
+
+
+# oneDNN's AVX2 kernel for the weight gradient of a strided 1x1 convolution in the channels-last
+# layout crashes (one thread: segmentation fault) or hangs (two threads, about one run in four) when
+# the convolution has fewer input channels than a vector register holds floats (torch 2.13.0,
+# measured on an AVX2 EPYC: 2-7 input channels fail, 8 and more pass). 16 covers AVX-512's width.
+_CL_MIN_STRIDED_1X1_IN = 16
+
+
+def channels_last_hazard(model: nn.Module) -> str | None:
+    """Why training ``model`` channels-last on a CPU is unsafe, or None when it is safe.
+
+    The hazard is a strided 1x1 convolution with few input channels (e.g. the shortcut of
+    a ResNet at width x0.0625); such toy widths gain nothing from the layout anyway.
+    """
+    for name, m in model.named_modules():
+        if (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1)
+                and m.in_channels < _CL_MIN_STRIDED_1X1_IN):
+            return (f"{name or 'the model'} is a strided 1x1 convolution with {m.in_channels} input channels "
+                    f"(< {_CL_MIN_STRIDED_1X1_IN}), whose channels-last weight gradient crashes or hangs "
+                    "in oneDNN on CPUs")
+    return None
 
 
 class Engine:
@@ -84,6 +107,11 @@ class Engine:
         self.device = model_device(model) if device is None else D.resolve_device(device)
         self.bf16 = bool(bf16)
         self.channels_last = bool(channels_last)
+        if self.channels_last and self.device.type == "cpu":
+            hazard = channels_last_hazard(model)
+            if hazard is not None:
+                warnings.warn(f"training in the contiguous layout instead of channels-last: {hazard}", stacklevel=2)
+                self.channels_last = False
         self.lr = lr
         self.option = option
         self._kept = kept
