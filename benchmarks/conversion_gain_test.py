@@ -5,27 +5,15 @@ Usage: python benchmarks/conversion_gain_test.py RUN METHOD TARGET_T N   (data i
 import sys, time, torch
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
 from cifar_methods import parse_method
+from _probe_common import load_run, relu_outputs
 from spikeforge import convert
 from spikeforge.evaluate import evaluate_snn
-from spikeforge.experiments.common import load_split_tensors
-from spikeforge.experiments.cifar_convert import build_model
-from spikeforge.train import load_checkpoint
-import torch.nn as nn
 if len(sys.argv) != 5 or not (sys.argv[3].isdigit() and sys.argv[4].isdigit()):
     sys.exit(__doc__)
 run, method, Tc, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-payload = load_checkpoint(f"{run}/model.pt", required=("model", "config"))
-cfg = payload["config"]
-train, val, classes = load_split_tensors(cfg["dataset"], "../shared/data/cifar10", cfg["val_split"])
-model = build_model(cfg, 3, 10, 32); model.load_state_dict(payload["model"]); model.eval()
-gen = torch.Generator().manual_seed(cfg["seed"] + 1)
-perm = torch.randperm(len(train[1]), generator=gen)
-calib = train[0][perm[:256 * 8]]
+model, train, val, calib = load_run(run)
 xc = calib[:256]
-acts = []
-hs = [m.register_forward_hook(lambda m, i, o: acts.append(o.detach().clone())) for m in model.modules() if isinstance(m, nn.ReLU)]
-with torch.no_grad(): model(xc)
-for h in hs: h.remove()
+_, acts = relu_outputs(model, xc)
 t0 = time.time()
 snn = convert(model, calib, batch_size=256, max_batches=8, channels_last=True, **parse_method(method))
 print("convert", round(time.time() - t0), "s", flush=True)
