@@ -10,8 +10,8 @@ holds the trained weights and the training options, including ``--val-split``); 
 SNNs are evaluated on the first ``--n`` images of the same held-out split. A method is
 ``percentile[:p]``, ``mse@T`` or ``mse+bias@T`` / ``mse+potential@T`` /
 ``percentile+bias@T`` (T = the target steps of the threshold search and corrections), with
-``/pc`` appended for per-channel thresholds and ``/cbN`` for N correction batches
-(``mse+potential@8/pc/cb4``).
+``/pc`` appended for per-channel thresholds, ``/cbN`` for N correction batches
+(``mse+potential@8/pc/cb4``) and ``/wN`` for N steps of layer-wise weight calibration.
 Prints, per method, the conversion time and accuracy at T = 1, 2, 4, 8, 16, 32, 64, and
 writes ``methods.json`` into ``--run`` (or to ``--json PATH``, so that a second comparison on
 the same run does not replace the first).
@@ -55,7 +55,8 @@ def parse_method(text: str) -> dict:
     """convert() keywords of a method string such as ``mse+potential@8``.
 
     Suffixes: ``/pc`` per-channel thresholds, ``/cbN`` N calibration batches for the
-    corrections (default 1), e.g. ``mse+potential@8/pc/cb4``.
+    corrections (default 1), ``/wN`` N steps of layer-wise weight calibration before each
+    layer's correction, e.g. ``mse+potential@8/pc/cb4`` or ``mse+potential@16/w30``.
     """
     body, *flags = text.split("/")
     kw: dict = {"per_channel": False}
@@ -64,8 +65,10 @@ def parse_method(text: str) -> dict:
             kw["per_channel"] = True
         elif flag.startswith("cb") and flag[2:].isdigit() and int(flag[2:]) > 0:
             kw["correction_batches"] = int(flag[2:])
+        elif flag.startswith("w") and flag[1:].isdigit() and int(flag[1:]) > 0:
+            kw["weight_iters"] = int(flag[1:])
         else:
-            raise SystemExit(f"bad --method {text!r}: unknown suffix /{flag} (known: /pc, /cbN)")
+            raise SystemExit(f"bad --method {text!r}: unknown suffix /{flag} (known: /pc, /cbN, /wN)")
     name, _, target = body.partition("@")
     base, _, corr = name.partition("+")
     thr, _, p = base.partition(":")

@@ -166,6 +166,7 @@ NUMERIC = [
     (["run", "lenet5-convert"], "--max-spikes", "0"),
     (["run", "lenet5-convert"], "--calib-batches", "0"),
     (["run", "lenet5-convert"], "--target-T", "0"),
+    (["run", "lenet5-convert"], "--weight-iters", "-1"),
     (["run", "lenet5-convert"], "--levels", "0"),
     (["run", "lenet5-convert"], "--val-split", "-5"),
     (["run", "fc-lif"], "--beta", "nan"),
@@ -409,6 +410,11 @@ def test_unet_geometry_options_that_do_not_fit(capsys, tmp_path, user_out, extra
 def test_target_T_without_a_method(capsys, user_out):
     cli(capsys, ["run", "lenet5-convert", "--target-T", "4", "--out", user_out], needles=["--target-T"],
         keep=[user_out])
+
+
+def test_weight_calibration_without_a_correction(capsys, user_out):
+    cli(capsys, ["run", "lenet5-convert", "--weight-iters", "5", "--out", user_out],
+        needles=["--weight-iters", "--correction"], keep=[user_out])
 
 
 # --------------------------------------------------------------------------- checkpoints

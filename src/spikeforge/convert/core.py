@@ -11,6 +11,7 @@ from torch import fx, nn
 
 from spikeforge._native.memory import keep_freed_memory
 from spikeforge.convert.calibrate import ActivationRecorder
+from spikeforge.convert.weights import calibrate_weights, layer_currents, presynaptic_layers
 from spikeforge.convert.graph import (
     ConversionError,
     fold_batchnorm,
@@ -257,6 +258,7 @@ def convert(
     correction: str = "none",
     target_T: int | None = None,
     correction_batches: int = 1,
+    weight_iters: int = 0,
 ) -> SpikingModel:
     """Convert a trained ANN into a :class:`SpikingModel` of integrate-and-fire neurons.
 
@@ -289,6 +291,9 @@ def convert(
             ``"bias"`` adds it to each neuron's input current at every step,
             ``"potential"`` adds ``target_T`` times it to the initial membrane;
             ``"none"`` (default) leaves the SNN as converted.
+        weight_iters: with a correction, first calibrate the weights that feed each
+            neuron layer for this many Adam steps (see :mod:`spikeforge.convert.weights`),
+            on the same images and in the same layer-by-layer pass; 0 (default) = off.
         target_T: the number of steps the SNN will be read out after (needed by
             ``threshold="mse"`` and by the corrections).
         share_reused_relu: reproduce the fault of converters that replace modules by
@@ -319,6 +324,11 @@ def convert(
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     _check_method(threshold, correction, target_T, max_spikes, share_reused_relu)
+    if weight_iters != int(weight_iters) or weight_iters < 0:
+        raise ConfigError(f"weight_iters must be a whole number >= 0, got {weight_iters!r}")
+    if weight_iters and correction == "none":
+        raise ConfigError("weight_iters > 0 (weight calibration) runs in the layer-wise correction pass: "
+                          "use it with correction='bias' or 'potential'")
     gm = trace(model)
     fold_batchnorm(gm)
     move_relu_before_maxpool(gm)
@@ -452,12 +462,13 @@ def convert(
         percentile=percentile, per_channel=per_channel, reset=reset, max_spikes=max_spikes,
         v_init=v_init, maxpool=maxpool, mem_budget_mb=mem_budget_mb, channels_last=channels_last,
         share_reused_relu=share_reused_relu, split_threshold=split_threshold,
-        threshold=threshold, correction=correction, target_T=target_T,
+        threshold=threshold, correction=correction, target_T=target_T, weight_iters=int(weight_iters),
     )
     snn = SpikingModel(gm, Clock(), sites, options, output_static=output_static, input_numel=input_numel)
     if correction != "none":
         targets = {name: torch.cat(v) for name, v in ann_outputs.items()}
-        snn.correction_report = correct_layerwise(snn, targets, correction_inputs, int(target_T), correction)
+        snn.correction_report = correct_layerwise(snn, targets, correction_inputs, int(target_T), correction,
+                                                  weight_iters=int(weight_iters))
     return snn
 
 
@@ -510,7 +521,7 @@ def _unit_subset(x: torch.Tensor, target: torch.Tensor, cap: int) -> tuple[torch
 
 @torch.no_grad()
 def correct_layerwise(snn: SpikingModel, ann_outputs: dict[str, torch.Tensor], inputs: list[torch.Tensor],
-                      T: int, kind: str) -> dict[str, dict[str, float]]:
+                      T: int, kind: str, *, weight_iters: int = 0) -> dict[str, dict[str, float]]:
     """Bias or potential correction, one neuron layer after the other (earliest first).
 
     For each layer: run the SNN ``T`` steps on ``inputs`` as far as that layer (earlier
@@ -526,13 +537,29 @@ def correct_layerwise(snn: SpikingModel, ann_outputs: dict[str, torch.Tensor], i
     :data:`CORRECTION_UNITS` units per channel (see :func:`_unit_subset`); the winner is
     kept only where it also lowers the error over all units.
 
+    With ``weight_iters`` > 0, the convolutions feeding each layer are calibrated first
+    (:func:`spikeforge.convert.weights.calibrate_weights`) on the spikes recorded in the same run.
+
     Returns, per layer, the mean squared error before and after its correction.
     """
     neurons = snn.neurons()
     report: dict[str, dict[str, float]] = {}
     x_all = torch.cat(inputs) if len(inputs) > 1 else inputs[0]
+    static_nodes = _static_nodes(snn.graph_module) if weight_iters else set()
     for name, neuron in neurons.items():
         chunks: list[torch.Tensor] = []
+        layers = presynaptic_layers(snn.graph_module, name, static_nodes) if weight_iters else []
+        records: list[list[torch.Tensor]] = [[] for _ in layers]
+
+        def record_hook(i: int, static: bool):
+            def hook(m, args):
+                x = args[0]
+                if static:
+                    if not records[i]:
+                        records[i].append(x.clone())
+                else:
+                    records[i].append(x.reshape(snn.clock.steps, -1, *x.shape[1:]).clone())
+            return hook
 
         def pre_hook(m, args):
             x = args[0]
@@ -541,12 +568,14 @@ def correct_layerwise(snn: SpikingModel, ann_outputs: dict[str, torch.Tensor], i
             else:
                 chunks.append(x.reshape(snn.clock.steps, -1, *x.shape[1:]).clone())
 
-        h = neuron.register_forward_pre_hook(pre_hook)
+        hs = [neuron.register_forward_pre_hook(pre_hook)]
+        hs += [lay.module.register_forward_pre_hook(record_hook(i, lay.static)) for i, lay in enumerate(layers)]
         try:
             for _ in snn.stream(x_all, T, record=False, until=name):
                 pass
         finally:
-            h.remove()
+            for h in hs:
+                h.remove()
         currents = torch.cat(chunks).contiguous()  # [T, N, ...] input of this layer (its bias not yet added)
         target = ann_outputs[name].float()
         th = neuron.threshold
@@ -571,6 +600,15 @@ def correct_layerwise(snn: SpikingModel, ann_outputs: dict[str, torch.Tensor], i
 
         full_before = layer_error(base, target, None)
         before = float(full_before.mean())
+        weight_report: dict[str, float] = {}
+        if layers:  # weight calibration first; the shift below is then chosen on the new currents
+            layer_in = [r[0] if lay.static else torch.cat(r) for lay, r in zip(layers, records)]
+            rest = currents - layer_currents(layers, layer_in, T)
+            weight_report = calibrate_weights(neuron, layers, layer_in, rest, target, T, iters=weight_iters)
+            currents = (rest + layer_currents(layers, layer_in, T)).contiguous()
+            del rest, layer_in
+            base = currents + base_bias if base_bias is not None else currents
+            full_before = layer_error(base, target, None)
         sub_x, sub_target = _unit_subset(base, target, CORRECTION_UNITS)
         subset = sub_x is not base
         best_err = layer_error(sub_x, sub_target, None) if subset else full_before
@@ -594,7 +632,7 @@ def correct_layerwise(snn: SpikingModel, ann_outputs: dict[str, torch.Tensor], i
             neuron.input_bias = shift if base_bias is None else base_bias + shift
         else:
             neuron.v_offset = shift if neuron.v_offset is None else neuron.v_offset + shift
-        report[name] = {"mse_before": before, "mse_after": float(best_err.mean())}
+        report[name] = {"mse_before": before, "mse_after": float(best_err.mean()), **weight_report}
     return report
 
 

@@ -256,6 +256,9 @@ def add_method_arguments(p: argparse.ArgumentParser, *, activation: bool = True,
                         + (" (default: the preset's)" if preset_defaults else ""))
     p.add_argument("--target-T", type=integer(1, 100_000), default=None,
                    help="steps the mse threshold and the corrections aim at (default 16)")
+    p.add_argument("--weight-iters", type=integer(0, 100_000), default=0,
+                   help="with --correction: first calibrate the weights feeding each neuron layer for this many "
+                        "Adam steps, layer by layer (0 = off)")
     if activation:
         p.add_argument("--activation", choices=ACTIVATIONS, default="relu",
                        help="relu, or qcfs: train with the quantized clip-floor-shift activation (its learnt "
@@ -271,6 +274,12 @@ def method_options(args: argparse.Namespace) -> dict[str, Any]:
         out.update(threshold=threshold, correction=correction, target_T=args.target_T or 16)
     elif args.target_T is not None:
         raise ConfigError("--target-T is used only with --threshold mse or --correction bias|potential")
+    weight_iters = getattr(args, "weight_iters", 0) or 0
+    if weight_iters and correction == "none":
+        raise ConfigError("--weight-iters needs --correction bias or potential (weight calibration runs in its "
+                          "layer-by-layer pass)")
+    if weight_iters:
+        out["weight_iters"] = int(weight_iters)
     return out
 
 
@@ -284,6 +293,8 @@ def method_name(options: dict[str, Any], activation: str = "relu", levels: int |
     else:
         parts.append(f"p={options.get('percentile', 99.99)} percentile thresholds")
     corr = options.get("correction", "none")
+    if options.get("weight_iters"):
+        parts.append(f"weights calibrated layer by layer ({options['weight_iters']} steps) for T={options['target_T']}")
     if corr != "none":
         parts.append(f"{corr} correction for T={options['target_T']}")
     return "; ".join(parts)
