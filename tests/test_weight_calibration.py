@@ -91,24 +91,75 @@ def _output_mse(snn, net, x, T):
         return float(((snn(x, T).mean(0) - net(x)) ** 2).mean())
 
 
-def test_weight_calibration_brings_the_snn_closer_to_the_ann_on_new_images():
+def _layer_errors(snn, net, x, T):
+    """Per neuron layer, the MSE between its T-step mean output and the ANN's ReLU output."""
+    ann, got = [], {}
+    relus = [m for m in net.modules() if isinstance(m, nn.ReLU)]
+    hs = [r.register_forward_hook(lambda m, i, o: ann.append(o.detach().clone())) for r in relus]
+    with torch.no_grad():
+        net(x)
+    for h in hs:
+        h.remove()
+    neurons = list(snn.neurons().values())
+    hs = [n.register_forward_hook(lambda m, i, o, k=k: got.setdefault(k, []).append(o.clone()))
+          for k, n in enumerate(neurons)]
+    with torch.no_grad():
+        snn(x, T)
+    for h in hs:
+        h.remove()
+    out = []
+    for k, a in enumerate(ann):
+        y = torch.cat(got[k]) if len(got[k]) > 1 else got[k][0]
+        out.append(float(((y.reshape(T, x.shape[0], *a.shape[1:]).mean(0) - a) ** 2).mean()))
+    return out
+
+
+@pytest.mark.parametrize("kind,per_channel,channels_last,gamma", [
+    ("potential", False, False, 1),
+    ("bias", True, True, 2),
+])
+def test_weight_calibration_brings_the_snn_closer_to_the_ann_on_new_images(kind, per_channel, channels_last, gamma):
     net = _net()
     g = torch.Generator().manual_seed(1)
     calib, fresh = torch.randn(256, 3, 8, 8, generator=g), torch.randn(256, 3, 8, 8, generator=g)
     T = 4
-    plain = convert(net, calib, threshold="mse", correction="potential", target_T=T, batch_size=256)
-    tuned = convert(net, calib, threshold="mse", correction="potential", target_T=T, batch_size=256, weight_iters=30)
+    kw = dict(threshold="mse", correction=kind, target_T=T, batch_size=256, per_channel=per_channel,
+              channels_last=channels_last, max_spikes=gamma)
+    plain = convert(net, calib, **kw)
+    tuned = convert(net, calib, **kw, weight_iters=30)
     report = tuned.correction_report
     for r in report.values():  # never worse on the held-back calibration images, by construction
         assert r["holdout_mse_after"] <= r["holdout_mse_before"]
     assert sum(r["channels_changed"] for r in report.values()) > 0
-    assert sum(r["holdout_mse_after"] for r in report.values()) < 0.97 * sum(
+    assert sum(r["holdout_mse_after"] for r in report.values()) < 0.99 * sum(
         r["holdout_mse_before"] for r in report.values())
+    # the report is what the calibrated SNN really does on the calibration images
+    actual = _layer_errors(tuned, net, calib, T)
+    assert actual == pytest.approx([r["mse_after"] for r in report.values()], rel=1e-3, abs=1e-6)
+    assert sum(actual) < sum(_layer_errors(plain, net, calib, T))
     # on images neither pass saw, the network's output is closer to the ANN's
     assert _output_mse(tuned, net, fresh, T) < 0.97 * _output_mse(plain, net, fresh, T)
     # the ANN itself is untouched
     assert torch.equal(net.stem.weight, _net().stem.weight)
     assert tuned.options["weight_iters"] == 30
+
+
+def test_a_layer_added_to_itself_is_not_calibrated():
+    class Doubled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c0, self.c = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+            self.r1, self.r2 = nn.ReLU(), nn.ReLU()
+
+        def forward(self, x):
+            y = self.c(self.r1(self.c0(x)))
+            return self.r2(y + y)
+
+    torch.manual_seed(0)
+    x = torch.randn(32, 3, 6, 6)
+    snn = convert(Doubled().eval(), x, batch_size=32, correction="potential", target_T=4, weight_iters=3)
+    static = _static_nodes(snn.graph_module)
+    assert [len(presynaptic_layers(snn.graph_module, n, static)) for n in snn.neurons()] == [1, 0]
 
 
 def test_weight_calibration_options_are_checked():

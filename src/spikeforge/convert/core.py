@@ -603,7 +603,9 @@ def correct_layerwise(snn: SpikingModel, ann_outputs: dict[str, torch.Tensor], i
         weight_report: dict[str, float] = {}
         if layers:  # weight calibration first; the shift below is then chosen on the new currents
             layer_in = [r[0] if lay.static else torch.cat(r) for lay, r in zip(layers, records)]
+            del records[:]
             rest = currents - layer_currents(layers, layer_in, T)
+            del currents, base  # rebuilt below from the calibrated layers
             weight_report = calibrate_weights(neuron, layers, layer_in, rest, target, T, iters=weight_iters)
             currents = (rest + layer_currents(layers, layer_in, T)).contiguous()
             del rest, layer_in

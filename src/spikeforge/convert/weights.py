@@ -46,8 +46,15 @@ def presynaptic_layers(gm: fx.GraphModule, neuron: str, static: set[fx.Node]) ->
         if n.op == "call_module":
             counts[str(n.target)] = counts.get(str(n.target), 0) + 1
     found: list[Presynaptic] = []
+    seen: set[fx.Node] = set()
+    twice = False
 
     def visit(node: fx.Node) -> None:
+        nonlocal twice
+        if node in seen:  # the same value added twice (x + x): its layer is not this neuron's alone
+            twice = True
+            return
+        seen.add(node)
         if len(node.users) != 1:
             return
         if node.op == "call_module":
@@ -66,7 +73,7 @@ def presynaptic_layers(gm: fx.GraphModule, neuron: str, static: set[fx.Node]) ->
     src = calls[0].args[0]
     if isinstance(src, fx.Node):
         visit(src)
-    return found
+    return [] if twice else found
 
 
 def _apply(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -116,6 +123,8 @@ def calibrate_weights(
     n_fit = N - n_val
     if n_fit < 1 or n_val < 1 or iters < 1:
         return {}
+    if target.dim() != 2 and any(isinstance(lay.module, nn.Linear) for lay in layers):
+        return {}  # a Linear on [N, L, C]: its channels are not the target's dim 1
     th = neuron.threshold
     th_b = th if th.numel() > 1 else float(th)
     th_c = th.reshape(-1, *([1] * (target.dim() - 2))) if th.numel() > 1 else th
@@ -150,7 +159,11 @@ def calibrate_weights(
     best = [p.detach().clone() for p in params]
     best_err = channel_error(val_in, rest_val, target[val])
     first_err = best_err.clone()
-    groups = [{"params": [p], "lr": lr * float(p.detach().abs().mean().clamp_min(1e-8))} for p in params]
+    # Adam's step is about lr·scale per element; the scale is each layer's mean |weight| (for its
+    # bias too, which may start at zero)
+    scale = {id(p): float(lay.module.weight.detach().abs().mean().clamp_min(1e-8))
+             for lay in layers for p in (lay.module.weight, lay.module.bias) if p is not None}
+    groups = [{"params": [p], "lr": lr * scale[id(p)]} for p in params]
     req = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(True)
@@ -164,7 +177,7 @@ def calibrate_weights(
                 mean_current = rest_mean + sum(_apply(lay.module, x) for lay, x in zip(layers, mean_in))
                 if neuron.input_bias is not None:
                     mean_current = mean_current + neuron.input_bias
-                approx = torch.minimum(mean_current.clamp_min(0), th_c)
+                approx = torch.minimum(mean_current.clamp_min(0), th_c * neuron.max_spikes)  # Γ spikes a step
                 out = approx + (true_out - approx).detach()
                 loss = ((out - tgt_fit) ** 2).mean()
                 opt.zero_grad(set_to_none=True)
