@@ -173,7 +173,15 @@ def main() -> int:
         rows[key] = {"options": kw, "precision": "bf16" if bf16 else "fp32", "convert_seconds": conv_s,
                      "eval_seconds": seconds, "images_per_second": len(ys) / seconds,
                      "snn_accuracy": {str(t + 1): a for t, a in enumerate(acc)}}
+        report = getattr(snn, "correction_report", None)
+        if report:
+            rows[key]["correction_report"] = report
         show(key, acc, ann, f"convert {conv_s:5.0f} s, {len(ys) / seconds:6.1f} img/s at T={args.T} ")
+        if report and any("holdout_mse_before" in r for r in report.values()):
+            gains = [1 - r["holdout_mse_after"] / r["holdout_mse_before"] for r in report.values()
+                     if r.get("holdout_mse_before")]
+            print(f"  weight calibration: held-back calibration error lower by {100 * min(gains):.1f}–"
+                  f"{100 * max(gains):.1f} % per layer ({len(gains)} layers)")
         head_rows[key] = {str(t + 1): a for t, a in enumerate(parts[0]["accuracy"])}
         if head < len(ys):
             show(f"  on the head ({head})", parts[0]["accuracy"], ann_head)
