@@ -128,11 +128,14 @@ def main() -> None:
     Tmax = max(t_list)
     curves: dict[str, list[float]] = {}
     eval_s: dict[str, float] = {}
+    convert_s: dict[str, float] = {}
     sf_default = None
     for text in methods:
         kw = parse_method(text)
+        t0 = time.perf_counter()
         snn = convert(model, calib, batch_size=256, max_batches=32, max_spikes=args.max_spikes,
                       split_threshold=args.split_threshold, **kw)
+        convert_s[f"sf {text}"] = time.perf_counter() - t0
         sf_default = sf_default or snn
         t0 = time.perf_counter()
         curves[f"sf {text}"] = accuracy_curve(lambda xb, T: snn(xb, T, record=False), x_test, y_test, Tmax, args.batch)
@@ -148,8 +151,10 @@ def main() -> None:
         for text in args.qcfs_method or ["qcfs"]:
             kw = {} if text == "qcfs" else {k: v for k, v in parse_method("percentile" + text).items()
                                              if k not in ("threshold", "per_channel")}
+            t0 = time.perf_counter()
             qsnn = convert(qmodel, calib, batch_size=256, max_batches=32, **kw)
             name = f"sf QCFS L={qcfg['levels']}" + ("" if text == "qcfs" else f" {text}")
+            convert_s[name] = time.perf_counter() - t0
             curves[name] = accuracy_curve(lambda xb, T: qsnn(xb, T, record=False), x_test, y_test, Tmax, args.batch)
             if args.select_T is not None:
                 selection.setdefault("qcfs", {})[name] = score(lambda xb, T: qsnn(xb, T, record=False))
@@ -183,9 +188,10 @@ def main() -> None:
     print(f"ReLU ANN accuracy: {ann_acc:.4f}" + ("" if qcfs_ann is None else f"; QCFS ANN accuracy: {qcfs_ann:.4f}"))
     names = list(curves)
     width = max(len(n) for n in names)
-    print(f"{'method':<{width}} | " + " | ".join(f"T={T:<4}" for T in t_list))
+    print(f"{'method':<{width}} | " + " | ".join(f"T={T:<4}" for T in t_list) + " | convert")
     for n in names:
-        print(f"{n:<{width}} | " + " | ".join(f"{curves[n][T - 1]:.4f}" for T in t_list))
+        print(f"{n:<{width}} | " + " | ".join(f"{curves[n][T - 1]:.4f}" for T in t_list)
+              + (f" | {convert_s[n]:6.1f} s" if n in convert_s else ""))
     relu_sf = [n for n in names if n.startswith("sf ") and "QCFS" not in n]
     best_sf = {T: max(curves[n][T - 1] for n in relu_sf) for T in t_list}
     best_sj = {T: max(curves[f"SJ {m}"][T - 1] for m in sj_modes) for T in t_list}
@@ -222,6 +228,7 @@ def main() -> None:
         "ann_over_spikeforge": med["ann"] / med["spikeforge"],
         "ann_over_spikingjelly": med["ann"] / med["spikingjelly"],
         "eval_seconds_T128": eval_s,
+        "convert_seconds": convert_s,
         "selected": chosen,
         "command": " ".join(sys.argv),
     }

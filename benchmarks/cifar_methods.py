@@ -56,7 +56,7 @@ def parse_method(text: str) -> dict:
 
     Suffixes: ``/pc`` per-channel thresholds, ``/cbN`` N calibration batches for the
     corrections (default 1), ``/wN`` N steps of layer-wise weight calibration before each
-    layer's correction, e.g. ``mse+potential@8/pc/cb4`` or ``mse+potential@16/w30``.
+    layer's correction (``/wNrK``: its true output simulated every K steps), e.g. ``mse+potential@8/pc/cb4`` or ``mse+potential@16/w30``.
     """
     body, *flags = text.split("/")
     kw: dict = {"per_channel": False}
@@ -65,10 +65,15 @@ def parse_method(text: str) -> dict:
             kw["per_channel"] = True
         elif flag.startswith("cb") and flag[2:].isdigit() and int(flag[2:]) > 0:
             kw["correction_batches"] = int(flag[2:])
-        elif flag.startswith("w") and flag[1:].isdigit() and int(flag[1:]) > 0:
-            kw["weight_iters"] = int(flag[1:])
+        elif flag.startswith("w") and flag[1:].partition("r")[0].isdigit() and int(flag[1:].partition("r")[0]) > 0:
+            iters, r, refresh = flag[1:].partition("r")
+            kw["weight_iters"] = int(iters)
+            if r:
+                if not (refresh.isdigit() and int(refresh) > 0):
+                    raise SystemExit(f"bad --method {text!r}: /wNrK needs a whole K >= 1")
+                kw["weight_refresh"] = int(refresh)
         else:
-            raise SystemExit(f"bad --method {text!r}: unknown suffix /{flag} (known: /pc, /cbN, /wN)")
+            raise SystemExit(f"bad --method {text!r}: unknown suffix /{flag} (known: /pc, /cbN, /wN, /wNrK)")
     name, _, target = body.partition("@")
     base, _, corr = name.partition("+")
     thr, _, p = base.partition(":")

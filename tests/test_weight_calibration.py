@@ -114,11 +114,13 @@ def _layer_errors(snn, net, x, T):
     return out
 
 
-@pytest.mark.parametrize("kind,per_channel,channels_last,gamma", [
-    ("potential", False, False, 1),
-    ("bias", True, True, 2),
+@pytest.mark.parametrize("kind,per_channel,channels_last,gamma,refresh", [
+    ("potential", False, False, 1, 1),
+    ("bias", True, True, 2, 1),
+    ("potential", False, False, 1, 5),  # the true output simulated every 5th step only
 ])
-def test_weight_calibration_brings_the_snn_closer_to_the_ann_on_new_images(kind, per_channel, channels_last, gamma):
+def test_weight_calibration_brings_the_snn_closer_to_the_ann_on_new_images(kind, per_channel, channels_last, gamma,
+                                                                         refresh):
     net = _net()
     g = torch.Generator().manual_seed(1)
     calib, fresh = torch.randn(256, 3, 8, 8, generator=g), torch.randn(256, 3, 8, 8, generator=g)
@@ -126,7 +128,7 @@ def test_weight_calibration_brings_the_snn_closer_to_the_ann_on_new_images(kind,
     kw = dict(threshold="mse", correction=kind, target_T=T, batch_size=256, per_channel=per_channel,
               channels_last=channels_last, max_spikes=gamma)
     plain = convert(net, calib, **kw)
-    tuned = convert(net, calib, **kw, weight_iters=30)
+    tuned = convert(net, calib, **kw, weight_iters=30, weight_refresh=refresh)
     report = tuned.correction_report
     for r in report.values():  # never worse on the held-back calibration images, by construction
         assert r["holdout_mse_after"] <= r["holdout_mse_before"]
@@ -141,7 +143,7 @@ def test_weight_calibration_brings_the_snn_closer_to_the_ann_on_new_images(kind,
     assert _output_mse(tuned, net, fresh, T) < 0.97 * _output_mse(plain, net, fresh, T)
     # the ANN itself is untouched
     assert torch.equal(net.stem.weight, _net().stem.weight)
-    assert tuned.options["weight_iters"] == 30
+    assert tuned.options["weight_iters"] == 30 and tuned.options["weight_refresh"] == refresh
 
 
 def test_a_layer_added_to_itself_is_not_calibrated():
@@ -169,3 +171,5 @@ def test_weight_calibration_options_are_checked():
         convert(net, x, weight_iters=5)
     with pytest.raises(ValueError, match="weight_iters must be a whole number"):
         convert(net, x, correction="bias", target_T=4, weight_iters=-1)
+    with pytest.raises(ValueError, match="weight_refresh must be a whole number >= 1"):
+        convert(net, x, correction="bias", target_T=4, weight_iters=3, weight_refresh=0)

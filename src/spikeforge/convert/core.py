@@ -25,6 +25,10 @@ from spikeforge.layers import POOL_MODES, QCFS, SpikingMaxPool2d
 from spikeforge.functional.neuron import if_seq, initial_membrane
 from spikeforge.neurons import Clock, IFNeuron, SharedIFNeuron, StatefulModule
 
+#: Weight calibration simulates a layer's true T-step output every this many Adam steps
+#: (see :func:`spikeforge.convert.weights.calibrate_weights`); 1 = every step.
+WEIGHT_REFRESH = 1
+
 
 class TimeAlign(StatefulModule):
     """Repeat the static inputs of an add/concat over time when another input varies.
@@ -259,6 +263,7 @@ def convert(
     target_T: int | None = None,
     correction_batches: int = 1,
     weight_iters: int = 0,
+    weight_refresh: int = WEIGHT_REFRESH,
 ) -> SpikingModel:
     """Convert a trained ANN into a :class:`SpikingModel` of integrate-and-fire neurons.
 
@@ -294,6 +299,9 @@ def convert(
         weight_iters: with a correction, first calibrate the weights that feed each
             neuron layer for this many Adam steps (see :mod:`spikeforge.convert.weights`),
             on the same images and in the same layer-by-layer pass; 0 (default) = off.
+        weight_refresh: during weight calibration, simulate a layer's true ``target_T``-step
+            output every this many steps (1 = every step, exact but slowest); in between the
+            last simulated rounding error is reused.
         target_T: the number of steps the SNN will be read out after (needed by
             ``threshold="mse"`` and by the corrections).
         share_reused_relu: reproduce the fault of converters that replace modules by
@@ -326,6 +334,8 @@ def convert(
     _check_method(threshold, correction, target_T, max_spikes, share_reused_relu)
     if weight_iters != int(weight_iters) or weight_iters < 0:
         raise ConfigError(f"weight_iters must be a whole number >= 0, got {weight_iters!r}")
+    if weight_refresh != int(weight_refresh) or weight_refresh < 1:
+        raise ConfigError(f"weight_refresh must be a whole number >= 1, got {weight_refresh!r}")
     if weight_iters and correction == "none":
         raise ConfigError("weight_iters > 0 (weight calibration) runs in the layer-wise correction pass: "
                           "use it with correction='bias' or 'potential'")
@@ -463,12 +473,14 @@ def convert(
         v_init=v_init, maxpool=maxpool, mem_budget_mb=mem_budget_mb, channels_last=channels_last,
         share_reused_relu=share_reused_relu, split_threshold=split_threshold,
         threshold=threshold, correction=correction, target_T=target_T, weight_iters=int(weight_iters),
+        weight_refresh=int(weight_refresh),
     )
     snn = SpikingModel(gm, Clock(), sites, options, output_static=output_static, input_numel=input_numel)
     if correction != "none":
         targets = {name: torch.cat(v) for name, v in ann_outputs.items()}
         snn.correction_report = correct_layerwise(snn, targets, correction_inputs, int(target_T), correction,
-                                                  weight_iters=int(weight_iters))
+                                                  weight_iters=int(weight_iters),
+                                                  weight_refresh=int(weight_refresh))
     return snn
 
 
@@ -521,7 +533,8 @@ def _unit_subset(x: torch.Tensor, target: torch.Tensor, cap: int) -> tuple[torch
 
 @torch.no_grad()
 def correct_layerwise(snn: SpikingModel, ann_outputs: dict[str, torch.Tensor], inputs: list[torch.Tensor],
-                      T: int, kind: str, *, weight_iters: int = 0) -> dict[str, dict[str, float]]:
+                      T: int, kind: str, *, weight_iters: int = 0,
+                      weight_refresh: int = 1) -> dict[str, dict[str, float]]:
     """Bias or potential correction, one neuron layer after the other (earliest first).
 
     For each layer: run the SNN ``T`` steps on ``inputs`` as far as that layer (earlier
@@ -606,7 +619,8 @@ def correct_layerwise(snn: SpikingModel, ann_outputs: dict[str, torch.Tensor], i
             del records[:]
             rest = currents - layer_currents(layers, layer_in, T)
             del currents, base  # rebuilt below from the calibrated layers
-            weight_report = calibrate_weights(neuron, layers, layer_in, rest, target, T, iters=weight_iters)
+            weight_report = calibrate_weights(neuron, layers, layer_in, rest, target, T, iters=weight_iters,
+                                              refresh_every=weight_refresh)
             currents = (rest + layer_currents(layers, layer_in, T)).contiguous()
             del rest, layer_in
             base = currents + base_bias if base_bias is not None else currents

@@ -108,6 +108,7 @@ def calibrate_weights(
     lr: float = 0.01,
     holdout: float = 0.25,
     check_every: int = 5,
+    refresh_every: int = 1,
 ) -> dict[str, float]:
     """Adjust ``layers`` in place so that ``neuron``'s T-step mean output approaches ``target``.
 
@@ -116,8 +117,13 @@ def calibrate_weights(
     them (``[T, N, ...]``); ``target`` the ANN activation ``[N, ...]``. Adam with a step of
     ``lr`` times each layer's mean absolute weight; the last ``holdout`` of the images are
     only scored, and each output channel keeps the weights with its lowest error on them.
+    The true T-step output (the costly part: the layers rerun over every step) is simulated
+    every ``refresh_every`` steps; in between, the last simulated rounding error
+    (true output − clamp(Ī, 0, θ)) is reused beside the current clamp(Ī, 0, θ).
     Returns the mean squared error on the held-back images before and after.
     """
+    if refresh_every < 1:
+        raise ValueError(f"refresh_every must be >= 1, got {refresh_every}")
     N = target.shape[0]
     n_val = max(1, int(round(N * holdout))) if N > 1 else 0
     n_fit = N - n_val
@@ -170,15 +176,21 @@ def calibrate_weights(
     opt = torch.optim.Adam(groups)
     tgt_fit = target[fit]
     try:
+        rounding: torch.Tensor | None = None
         for it in range(1, iters + 1):
-            with torch.no_grad():
-                true_out = simulate(rest_fit + layer_currents(layers, fit_in, T))
+            true_out = None
+            if (it - 1) % refresh_every == 0:
+                with torch.no_grad():
+                    true_out = simulate(rest_fit + layer_currents(layers, fit_in, T))
             with torch.enable_grad():
                 mean_current = rest_mean + sum(_apply(lay.module, x) for lay, x in zip(layers, mean_in))
                 if neuron.input_bias is not None:
                     mean_current = mean_current + neuron.input_bias
                 approx = torch.minimum(mean_current.clamp_min(0), th_c * neuron.max_spikes)  # Γ spikes a step
-                out = approx + (true_out - approx).detach()
+                if true_out is not None:
+                    rounding = true_out - approx.detach()
+                assert rounding is not None
+                out = approx + rounding
                 loss = ((out - tgt_fit) ** 2).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
