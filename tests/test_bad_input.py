@@ -167,6 +167,7 @@ NUMERIC = [
     (["run", "lenet5-convert"], "--calib-batches", "0"),
     (["run", "lenet5-convert"], "--target-T", "0"),
     (["run", "lenet5-convert"], "--weight-iters", "-1"),
+    (["run", "lenet5-convert"], "--weight-refresh", "0"),
     (["run", "lenet5-convert"], "--levels", "0"),
     (["run", "lenet5-convert"], "--val-split", "-5"),
     (["run", "fc-lif"], "--beta", "nan"),
@@ -415,6 +416,11 @@ def test_target_T_without_a_method(capsys, user_out):
 def test_weight_calibration_without_a_correction(capsys, user_out):
     cli(capsys, ["run", "lenet5-convert", "--weight-iters", "5", "--out", user_out],
         needles=["--weight-iters", "--correction"], keep=[user_out])
+
+
+def test_weight_refresh_without_weight_calibration(capsys, user_out):
+    cli(capsys, ["run", "lenet5-convert", "--correction", "bias", "--weight-refresh", "5", "--out", user_out],
+        needles=["--weight-refresh", "--weight-iters"], keep=[user_out])
 
 
 # --------------------------------------------------------------------------- checkpoints

@@ -226,14 +226,15 @@ def test_lenet5_convert_val_split_and_few_step_method(tmp_path):
     out = tmp_path / "run"
     args = ["run", "lenet5-convert", "--epochs", "1", "--T", "8", "--calib-batches", "1", "--val-split", "500",
             "--threshold", "mse", "--correction", "bias", "--target-T", "4", "--out", str(out), "--no-progress",
-            "--weight-iters", "3"]
+            "--weight-iters", "3", "--weight-refresh", "2"]
     assert main(args) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["eval_split"] == "val" and m["n_test"] == 500 and m["n_train"] == 3500
     assert m["conversion"]["threshold"] == "mse" and m["conversion"]["target_T"] == 4
-    assert m["conversion"]["weight_iters"] == 3
+    assert m["conversion"]["weight_iters"] == 3 and m["conversion"]["weight_refresh"] == 2
     report = (out / "report.md").read_text()
-    assert "bias correction for T=4" in report and "weights calibrated layer by layer (3 steps)" in report
+    assert "bias correction for T=4" in report
+    assert "weights calibrated layer by layer (3 steps, true output every 2 steps)" in report
     # without --val-split the sample's own test split is used
     assert main(args[:8] + ["--out", str(tmp_path / "r2"), "--no-progress"]) == 0
     assert json.loads((tmp_path / "r2" / "metrics.json").read_text())["eval_split"] == "test"

@@ -259,6 +259,9 @@ def add_method_arguments(p: argparse.ArgumentParser, *, activation: bool = True,
     p.add_argument("--weight-iters", type=integer(0, 100_000), default=0,
                    help="with --correction: first calibrate the weights feeding each neuron layer for this many "
                         "Adam steps, layer by layer (0 = off)")
+    p.add_argument("--weight-refresh", type=integer(1, 100_000), default=1,
+                   help="with --weight-iters: simulate each layer's true --target-T-step output every this many "
+                        "steps (1 = every step; 5 is about 2x faster, see benchmarks/RESULTS.md)")
     if activation:
         p.add_argument("--activation", choices=ACTIVATIONS, default="relu",
                        help="relu, or qcfs: train with the quantized clip-floor-shift activation (its learnt "
@@ -278,8 +281,13 @@ def method_options(args: argparse.Namespace) -> dict[str, Any]:
     if weight_iters and correction == "none":
         raise ConfigError("--weight-iters needs --correction bias or potential (weight calibration runs in its "
                           "layer-by-layer pass)")
+    weight_refresh = getattr(args, "weight_refresh", 1) or 1
+    if weight_refresh != 1 and not weight_iters:
+        raise ConfigError("--weight-refresh is used only with --weight-iters N (N > 0)")
     if weight_iters:
         out["weight_iters"] = int(weight_iters)
+    if weight_refresh != 1:
+        out["weight_refresh"] = int(weight_refresh)
     return out
 
 
@@ -294,7 +302,10 @@ def method_name(options: dict[str, Any], activation: str = "relu", levels: int |
         parts.append(f"p={options.get('percentile', 99.99)} percentile thresholds")
     corr = options.get("correction", "none")
     if options.get("weight_iters"):
-        parts.append(f"weights calibrated layer by layer ({options['weight_iters']} steps) for T={options['target_T']}")
+        refresh = options.get("weight_refresh", 1)
+        parts.append(f"weights calibrated layer by layer ({options['weight_iters']} steps"
+                     + (f", true output every {refresh} steps" if refresh != 1 else "")
+                     + f") for T={options['target_T']}")
     if corr != "none":
         parts.append(f"{corr} correction for T={options['target_T']}")
     return "; ".join(parts)
