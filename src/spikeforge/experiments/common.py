@@ -261,7 +261,7 @@ def add_method_arguments(p: argparse.ArgumentParser, *, activation: bool = True,
                         "Adam steps, layer by layer (0 = off)")
     p.add_argument("--weight-refresh", type=integer(1, 100_000), default=1,
                    help="with --weight-iters: simulate each layer's true --target-T-step output every this many "
-                        "steps (1 = every step; 5 is about 2x faster, see benchmarks/RESULTS.md)")
+                        "steps (1 = every step; 5 converted a ResNet-18 1.4-1.6x faster, see benchmarks/RESULTS.md)")
     if activation:
         p.add_argument("--activation", choices=ACTIVATIONS, default="relu",
                        help="relu, or qcfs: train with the quantized clip-floor-shift activation (its learnt "
