@@ -105,7 +105,16 @@ def main() -> int:
                     help="rank the methods at this T on training images and evaluate only the best")
     ap.add_argument("--select-n", type=int, default=2000, help="training images for --select-T")
     ap.add_argument("--json", default=None, help="where to write the results (default: --run/methods.json)")
+    ap.add_argument("--device", default="cpu",
+                    help="where the SNNs are evaluated (cpu, cuda[:K]); conversion runs on the CPU. On CUDA, "
+                         "float32 means float32: TF32 convolutions and matrix products are switched off")
     args = ap.parse_args()
+    dev = torch.device(args.device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit(f"--device {args.device}: CUDA is not available here")
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     run = Path(args.run)
     payload = load_checkpoint(run / "model.pt", required=("model", "config"))
     cfg = payload["config"]
@@ -114,13 +123,14 @@ def main() -> int:
     model.load_state_dict(payload["model"])
     model.eval()
     xs, ys = val[0][: args.n], val[1][: args.n]
-    ann = evaluate_classifier(model, xs, ys)[0]
+    ann = evaluate_classifier(model.to(dev), xs, ys)[0]
     print(f"ANN on the {len(ys)} evaluation images: {ann:.4f} (all {len(val[1])}: {evaluate_classifier(model, *val)[0]:.4f})")
     gen = torch.Generator().manual_seed(cfg["seed"] + 1)
     perm = torch.randperm(len(train[1]), generator=gen)
     calib = train[0][perm[: 256 * args.calib_batches]]
     head = min(args.head or len(ys), len(ys))
     ann_head = evaluate_classifier(model, xs[:head], ys[:head])[0] if head < len(ys) else ann
+    model.cpu()
     if head < len(ys):
         print(f"ANN on the first {head} (the head: float32 comparison and SpikingJelly): {ann_head:.4f}")
 
@@ -141,7 +151,7 @@ def main() -> int:
                              f"{len(train[1])} training images)")
         sel = train[0][perm[256 * args.calib_batches: 256 * args.calib_batches + args.select_n]]
         with torch.no_grad():
-            ann_pred = torch.cat([model(sel[i:i + 250]).argmax(1) for i in range(0, len(sel), 250)])
+            ann_pred = torch.cat([model(sel[i:i + 250]).argmax(1) for i in range(0, len(sel), 250)])  # CPU
         print(f"Choosing among {len(methods)} methods by agreement with the ANN at T={args.select_T} "
               f"on {len(sel)} training images outside the calibration set:")
         for text in methods:
@@ -149,6 +159,7 @@ def main() -> int:
             snn = convert(model, calib, batch_size=256, max_batches=args.calib_batches, channels_last=True,
                           **parse_method(text))
             conv_s = time.perf_counter() - t0
+            snn.to(dev)
             r = evaluate_snn(snn, sel, ann_pred, args.select_T, batch_size=250, bf16=bf16, spike_stats=False)
             selection[text] = r["accuracy"][args.select_T - 1]
             chosen[text] = (snn, conv_s)
@@ -167,6 +178,7 @@ def main() -> int:
             t0 = time.perf_counter()
             snn = convert(model, calib, batch_size=256, max_batches=args.calib_batches, channels_last=True, **kw)
             conv_s = time.perf_counter() - t0
+            snn.to(dev)
         # the head and the rest separately: figures on all n images and on the head alone
         parts = [evaluate_snn(snn, xs[:head], ys[:head], args.T, batch_size=250, bf16=bf16, spike_stats=False)]
         if head < len(ys):
@@ -228,7 +240,7 @@ def main() -> int:
             pj = max(sj_rows.items(), key=lambda kv: kv[1]["snn_accuracy"][str(t)])
             a, b = sf[1][str(t)], pj[1]["snn_accuracy"][str(t)]
             print(f"{t:<4d} {a:.4f} ({sf[0]:28s}) {b:.4f} ({pj[0]:10s})        {100 * (a - b):+.2f} pt")
-    out = {"ann_accuracy": ann, "n": len(ys), "methods": rows, "head": head, "ann_accuracy_head": ann_head,
+    out = {"ann_accuracy": ann, "n": len(ys), "device": str(dev), "methods": rows, "head": head, "ann_accuracy_head": ann_head,
            "methods_head": head_rows, "spikingjelly_head": sj_rows,
            "selection": {"T": args.select_T, "n": len(sel), "agreement": selection} if selection else None,
            "command": " ".join(sys.argv)}
