@@ -191,6 +191,30 @@ def test_corrections_scored_on_a_subset_of_units_still_never_hurt(kind, monkeypa
     assert sum(actual) < sum(_layer_errors(convert(net, x, threshold="mse", target_T=T, batch_size=64), net, x, T))
 
 
+@pytest.mark.parametrize("kind", ["bias", "potential"])
+def test_corrections_scored_in_chunks_of_images_match_one_piece(kind, monkeypatch):
+    core = importlib.import_module("spikeforge.convert.core")
+    net = _relu_net(seed=2)
+    x = torch.randn(64, 3, 8, 8)
+    whole = convert(net, x, threshold="mse", correction=kind, target_T=4, batch_size=64)
+    calls = []
+    real = core.if_seq
+
+    def counting(x, **kw):
+        calls.append(tuple(x.shape))
+        return real(x, **kw)
+
+    monkeypatch.setattr(core, "if_seq", counting)
+    monkeypatch.setattr(core, "ERROR_CHUNK_ELEMENTS", 4 * 8 * 8 * 8 * 10)  # 10 images of the first layer
+    chunked = convert(net, x, threshold="mse", correction=kind, target_T=4, batch_size=64)
+    first = [c for c in calls if c[2:] == (8, 8, 8)]  # the first layer: [T, N, 8, 8, 8]
+    assert first and all(c[1] <= 10 for c in first)  # scored in chunks of at most 10 images
+    assert any(c[1] == 64 for c in calls)  # a layer small enough still goes in one piece
+    for name, r in whole.correction_report.items():
+        assert chunked.correction_report[name] == pytest.approx(r, rel=1e-5, abs=1e-8)
+    assert torch.allclose(chunked(x, 4), whole(x, 4), atol=1e-5)
+
+
 def test_stream_until_a_neuron_layer_yields_its_spikes():
     net = _relu_net()
     x = torch.randn(16, 3, 8, 8)

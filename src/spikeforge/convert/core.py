@@ -509,6 +509,11 @@ def _channel_mean(y: torch.Tensor, per_channel: bool = True) -> torch.Tensor:
     return y.float().mean(dim=dims).reshape(y.shape[1], *([1] * (y.dim() - 2)))
 
 
+#: Largest simulation input (elements of ``[T, N, ...]``) that the corrections score in one
+#: piece; larger ones go in chunks of images (same result up to float rounding). 2**26 floats
+#: is 256 MiB per temporary: a full-width ResNet-18 at T=16 on 1,024 images needs 4 GiB each.
+ERROR_CHUNK_ELEMENTS = 2**26
+
 #: Candidate shifts of the corrections, in units of one quantum θ/T (bias) or of θ (potential).
 CORRECTION_GRID = torch.linspace(-1.0, 1.0, 41)
 
@@ -597,7 +602,19 @@ def correct_layerwise(snn: SpikingModel, ann_outputs: dict[str, torch.Tensor], i
         base = currents + base_bias if base_bias is not None else currents
 
         def layer_error(x: torch.Tensor, tgt: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
-            """Per-channel squared error with ``shift`` (in input current or membrane) added."""
+            """Per-channel squared error with ``shift`` (in input current or membrane) added; over
+            chunks of images when ``x`` is large, so the simulation's temporaries stay small."""
+            n = x.shape[1] if x.dim() > 1 else 1
+            step = max(1, ERROR_CHUNK_ELEMENTS // max(1, x.numel() // n))
+            if x.dim() < 3 or step >= n:
+                return chunk_error(x, tgt, shift)
+            total = None
+            for i in range(0, n, step):
+                e = chunk_error(x[:, i:i + step], tgt[i:i + step], shift) * min(step, n - i)
+                total = e if total is None else total.add_(e)
+            return total / n
+
+        def chunk_error(x: torch.Tensor, tgt: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
             v0 = neuron.v_offset
             if shift is not None and kind == "bias":
                 x = x + shift
