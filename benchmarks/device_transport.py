@@ -47,6 +47,8 @@ def _batches(data_dir: Path) -> np.ndarray:
     parts = []
     for i in range(1, 6):
         f = root / f"data_batch_{i}.bin"
+        if not f.is_file():
+            sys.exit(f"{f}: missing (pack needs data_batch_1.bin … data_batch_5.bin)")
         raw = np.fromfile(f, dtype=np.uint8)
         if raw.size % RECORD:
             sys.exit(f"{f}: {raw.size} bytes is not a whole number of {RECORD}-byte records")
@@ -88,6 +90,13 @@ def pack(args) -> None:
 
 
 def unpack(args) -> None:
+    try:
+        _unpack(args)
+    except (struct.error, lzma.LZMAError, ValueError, OSError) as exc:
+        sys.exit(f"{args.src}: truncated or corrupt ({exc})")
+
+
+def _unpack(args) -> None:
     from PIL import Image
 
     data = Path(args.src).read_bytes()

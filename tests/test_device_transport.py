@@ -92,3 +92,16 @@ def test_export_refuses_values_float16_cannot_hold(tmp_path):
                run / "model.pt")
     r = _run("export", "--run", str(run), "--out", str(tmp_path / "p"))
     assert r.returncode != 0 and "too large for float16" in r.stderr
+
+
+def test_pack_names_a_missing_batch_and_unpack_a_truncated_file(tmp_path):
+    _write_cifar(tmp_path / "src")
+    (tmp_path / "src" / "cifar-10-batches-bin" / "data_batch_3.bin").unlink()
+    r = _run("pack", "--data-dir", str(tmp_path / "src"), "--val-split", "30", "--out", str(tmp_path / "c.sfj"))
+    assert r.returncode != 0 and "data_batch_3.bin: missing" in r.stderr
+    _write_cifar(tmp_path / "ok")
+    assert _run("pack", "--data-dir", str(tmp_path / "ok"), "--val-split", "30", "--out", str(tmp_path / "c.sfj")).returncode == 0
+    data = (tmp_path / "c.sfj").read_bytes()
+    (tmp_path / "cut.sfj").write_bytes(data[: len(data) // 3])
+    r = _run("unpack", "--src", str(tmp_path / "cut.sfj"), "--out", str(tmp_path / "o"))
+    assert r.returncode != 0 and "truncated or corrupt" in r.stderr
