@@ -109,7 +109,10 @@ def main() -> int:
                     help="where the SNNs are evaluated (cpu, cuda[:K]); conversion runs on the CPU. On CUDA, "
                          "float32 means float32: TF32 convolutions and matrix products are switched off")
     args = ap.parse_args()
-    dev = torch.device(args.device)
+    try:
+        dev = torch.device(args.device)
+    except RuntimeError:
+        raise SystemExit(f"--device {args.device!r}: not a device (cpu, cuda or cuda:K)") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise SystemExit(f"--device {args.device}: CUDA is not available here")
