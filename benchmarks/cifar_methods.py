@@ -11,7 +11,10 @@ SNNs are evaluated on the first ``--n`` images of the same held-out split. A met
 ``percentile[:p]``, ``mse@T`` or ``mse+bias@T`` / ``mse+potential@T`` /
 ``percentile+bias@T`` (T = the target steps of the threshold search and corrections), with
 ``/pc`` appended for per-channel thresholds, ``/cbN`` for N correction batches
-(``mse+potential@8/pc/cb4``) and ``/wN`` for N steps of layer-wise weight calibration.
+(``mse+potential@8/pc/cb4``), ``/wN`` for N steps of layer-wise weight calibration and
+``/e2eN`` for end-to-end calibration of the corrections at the target T on N training images
+outside the calibration and selection sets (``percentile+potential@4/cb4/e2e4096``; randomly
+shifted by up to ``--e2e-aug`` pixels and flipped; see ``spikeforge.convert.calibrate_end_to_end``).
 Prints, per method, the conversion time and accuracy at T = 1, 2, 4, 8, 16, 32, 64, and
 writes ``methods.json`` into ``--run`` (or to ``--json PATH``, so that a second comparison on
 the same run does not replace the first).
@@ -45,6 +48,8 @@ from pathlib import Path
 import torch
 
 from spikeforge import convert
+from spikeforge.convert import calibrate_end_to_end
+from spikeforge.data.augment import random_crop_flip
 from spikeforge.evaluate import evaluate_snn
 from spikeforge.experiments.common import load_split_tensors
 from spikeforge.experiments.cifar_convert import build_model
@@ -65,6 +70,8 @@ def parse_method(text: str) -> dict:
             kw["per_channel"] = True
         elif flag.startswith("cb") and flag[2:].isdigit() and int(flag[2:]) > 0:
             kw["correction_batches"] = int(flag[2:])
+        elif flag.startswith("e2e") and flag[3:].isdigit() and int(flag[3:]) > 0:
+            kw["e2e_images"] = int(flag[3:])
         elif flag.startswith("w") and flag[1:].partition("r")[0].isdigit() and int(flag[1:].partition("r")[0]) > 0:
             iters, r, refresh = flag[1:].partition("r")
             kw["weight_iters"] = int(iters)
@@ -73,7 +80,7 @@ def parse_method(text: str) -> dict:
                     raise SystemExit(f"bad --method {text!r}: /wNrK needs a whole K >= 1")
                 kw["weight_refresh"] = int(refresh)
         else:
-            raise SystemExit(f"bad --method {text!r}: unknown suffix /{flag} (known: /pc, /cbN, /wN, /wNrK)")
+            raise SystemExit(f"bad --method {text!r}: unknown suffix /{flag} (known: /pc, /cbN, /wN, /wNrK, /e2eN)")
     name, _, target = body.partition("@")
     base, _, corr = name.partition("+")
     thr, _, p = base.partition(":")
@@ -84,6 +91,9 @@ def parse_method(text: str) -> dict:
         if not target:
             raise SystemExit(f"--method {text!r} needs @T (target steps)")
         kw.update(threshold=thr, correction=corr or "none", target_T=int(target))
+    if "e2e_images" in kw and "target_T" not in kw:
+        raise SystemExit(f"--method {text!r}: /e2eN calibrates for the @T steps; add a correction@T, e.g. "
+                         f"percentile+potential@4/e2e4096")
     return kw
 
 
@@ -108,6 +118,9 @@ def main() -> int:
     ap.add_argument("--device", default="cpu",
                     help="where the SNNs are evaluated (cpu, cuda[:K]); conversion runs on the CPU. On CUDA, "
                          "float32 means float32: TF32 convolutions and matrix products are switched off")
+    ap.add_argument("--e2e-lr", type=float, default=1e-4, help="learning rate of the /e2eN calibration")
+    ap.add_argument("--e2e-aug", type=int, default=4,
+                    help="/e2eN: shift the calibration images by up to this many pixels and flip them (0 = as they are)")
     args = ap.parse_args()
     try:
         dev = torch.device(args.device)
@@ -137,6 +150,24 @@ def main() -> int:
     if head < len(ys):
         print(f"ANN on the first {head} (the head: float32 comparison and SpikingJelly): {ann_head:.4f}")
 
+    def make_snn(text: str) -> tuple:
+        """(SNN of method ``text`` on the device, conversion seconds, end-to-end report or None)."""
+        kw = parse_method(text)
+        e2e_n = kw.pop("e2e_images", 0)
+        t0 = time.perf_counter()
+        snn = convert(model, calib, batch_size=256, max_batches=args.calib_batches, channels_last=True, **kw)
+        e2e = None
+        if e2e_n:
+            start = 256 * args.calib_batches + (args.select_n if args.select_T is not None else 0)
+            if start + e2e_n > len(train[1]):
+                raise SystemExit(f"/e2e{e2e_n}: only {len(train[1]) - start} training images remain after the "
+                                 f"calibration and selection images")
+            aug = (lambda x, g: random_crop_flip(x, pad=args.e2e_aug, generator=g)) if args.e2e_aug else None
+            e2e = calibrate_end_to_end(snn, model, train[0][perm[start:start + e2e_n]], kw["target_T"], lr=args.e2e_lr,
+                                       bf16=bf16, augment=aug, seed=cfg["seed"],
+                                       log=lambda line: print("  " + line, flush=True))
+        return snn.to(dev), time.perf_counter() - t0, e2e
+
     def show(key: str, acc: list[float], ref: float, extra: str = "") -> None:
         shown = {t: acc[t - 1] for t in (1, 2, 4, 8, 16, 32, 64, 128) if t <= args.T}
         print(f"{key:30s} {extra}| " + " ".join(f"T{t}={a:.4f} ({100 * (a - ref):+.2f})" for t, a in shown.items()),
@@ -158,14 +189,10 @@ def main() -> int:
         print(f"Choosing among {len(methods)} methods by agreement with the ANN at T={args.select_T} "
               f"on {len(sel)} training images outside the calibration set:")
         for text in methods:
-            t0 = time.perf_counter()
-            snn = convert(model, calib, batch_size=256, max_batches=args.calib_batches, channels_last=True,
-                          **parse_method(text))
-            conv_s = time.perf_counter() - t0
-            snn.to(dev)
+            snn, conv_s, e2e = make_snn(text)
             r = evaluate_snn(snn, sel, ann_pred, args.select_T, batch_size=250, bf16=bf16, spike_stats=False)
             selection[text] = r["accuracy"][args.select_T - 1]
-            chosen[text] = (snn, conv_s)
+            chosen[text] = (snn, conv_s, e2e)
             print(f"  {text:34s} agreement {selection[text]:.4f} (convert {conv_s:.0f} s)", flush=True)
         best = max(methods, key=lambda m: selection[m])  # the first listed wins a tie
         print(f"chosen: {best}")
@@ -175,13 +202,7 @@ def main() -> int:
     rows, head_rows = {}, {}
     for text in methods:
         kw = parse_method(text)
-        if text in chosen:
-            snn, conv_s = chosen[text]
-        else:
-            t0 = time.perf_counter()
-            snn = convert(model, calib, batch_size=256, max_batches=args.calib_batches, channels_last=True, **kw)
-            conv_s = time.perf_counter() - t0
-            snn.to(dev)
+        snn, conv_s, e2e = chosen[text] if text in chosen else make_snn(text)
         # the head and the rest separately: figures on all n images and on the head alone
         parts = [evaluate_snn(snn, xs[:head], ys[:head], args.T, batch_size=250, bf16=bf16, spike_stats=False)]
         if head < len(ys):
@@ -196,6 +217,8 @@ def main() -> int:
         report = getattr(snn, "correction_report", None)
         if report:
             rows[key]["correction_report"] = report
+        if e2e:
+            rows[key]["e2e_report"] = {**e2e, "aug": args.e2e_aug}
         show(key, acc, ann, f"convert {conv_s:5.0f} s, {len(ys) / seconds:6.1f} img/s at T={args.T} ")
         if report and any("holdout_mse_before" in r for r in report.values()):
             gains = [1 - r["holdout_mse_after"] / r["holdout_mse_before"] for r in report.values()

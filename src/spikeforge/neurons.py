@@ -119,6 +119,10 @@ class IFNeuron(StatefulModule):
         self.v: torch.Tensor | None = None
         self.spike_count = 0.0
         self.neuron_steps = 0
+        # Set only during end-to-end calibration (spikeforge.convert.finetune): the trainable
+        # corrections {"potential": ..., "bias": ...} that replace v_offset / input_bias, and
+        # the forward pass becomes differentiable (surrogate gradient for the spike).
+        self.surrogate_corrections: dict[str, torch.Tensor] | None = None
 
     def extra_repr(self) -> str:
         th = self.threshold
@@ -131,6 +135,8 @@ class IFNeuron(StatefulModule):
         self.neuron_steps = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.surrogate_corrections is not None:
+            return self._forward_surrogate(x)
         xs, static, K = self._split(x)
         th = self.threshold if self.threshold.numel() > 1 else float(self.threshold)
         if self.input_bias is not None:
@@ -161,6 +167,38 @@ class IFNeuron(StatefulModule):
     def firing_rate(self) -> float:
         """Mean spikes per neuron per step since the last reset."""
         return self.spike_count / self.neuron_steps if self.neuron_steps else 0.0
+
+    def _forward_surrogate(self, x: torch.Tensor) -> torch.Tensor:
+        """The same neuron (binary spikes, reset by subtraction) with ordinary autograd ops:
+        the spike's gradient is the triangular surrogate of half-width θ (used by end-to-end
+        calibration; slower than :meth:`forward`, float32 membranes)."""
+        from spikeforge.functional.lif import SpikeFunction
+        from spikeforge.surrogate import Triangle
+
+        xs, static, K = self._split(x)
+        corr = self.surrogate_corrections or {}
+        th = corr["threshold"] if corr.get("threshold") is not None else self.threshold.float()
+        xs = xs.float()
+        bias = corr.get("bias")
+        if bias is not None:
+            xs = xs + bias
+        v = self.v
+        if v is None:
+            v = torch.zeros_like(xs if static else xs[0]) + self.v_init * th
+            if corr.get("potential") is not None:
+                v = v + corr["potential"]
+        surrogate = Triangle(1.0)
+        outs = []
+        for k in range(K):
+            v = v + (xs if static else xs[k])
+            s = SpikeFunction.apply((v - th) / th, surrogate)
+            v = v - s * th
+            outs.append(s * th)
+        self.v = v
+        out = torch.stack(outs)
+        if self.clock is None:
+            return out
+        return out.view(-1, *out.shape[2:])
 
 
 class SharedIFNeuron(IFNeuron):

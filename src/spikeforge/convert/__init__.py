@@ -2,6 +2,7 @@
 
 from spikeforge.convert.calibrate import ActivationRecorder, positive_percentile
 from spikeforge.convert.core import SiteInfo, SpikingModel, TimeAlign, convert
+from spikeforge.convert.finetune import calibrate_end_to_end
 from spikeforge.convert.graph import ConversionError, fold_batchnorm, fold_bn_into, trace
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "SiteInfo",
     "SpikingModel",
     "TimeAlign",
+    "calibrate_end_to_end",
     "convert",
     "fold_batchnorm",
     "fold_bn_into",

@@ -160,6 +160,26 @@ class SpikingModel(nn.Module):
         """Per-step outputs ``[T, N, ...]`` (all chunks of :meth:`stream` concatenated)."""
         return torch.cat(list(self.stream(x, T, sequence=sequence, chunk=chunk, record=record)), dim=0)
 
+    def run_with_grad(self, x: torch.Tensor, T: int) -> torch.Tensor:
+        """Per-step outputs ``[T, N, ...]`` of a static input ``x`` with autograd on: all
+        ``T`` steps in one chunk (memory grows with ``T × N``), for end-to-end calibration
+        (:func:`spikeforge.convert.finetune.calibrate_end_to_end`). The neurons are
+        differentiable only while their ``surrogate_corrections`` are set."""
+        if T < 1:
+            raise ValueError(f"T must be a positive number of time steps, got {T!r}")
+        N = x.shape[0]
+        self.reset_state()
+        self.clock.batch, self.clock.record, self.clock.input_static, self.clock.steps = N, False, True, int(T)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = self.graph_module(x)
+        if not isinstance(y, torch.Tensor):
+            raise ConversionError("SpikingModel supports models with a single tensor output")
+        if self.output_static:
+            y = self.clock.expand(y)
+        self.reset_state()
+        return y.reshape(int(T), N, *y.shape[1:])
+
     @torch.no_grad()
     def stream(
         self,
@@ -264,6 +284,8 @@ def convert(
     correction_batches: int = 1,
     weight_iters: int = 0,
     weight_refresh: int = WEIGHT_REFRESH,
+    e2e_epochs: int = 0,
+    e2e_lr: float = 1e-4,
 ) -> SpikingModel:
     """Convert a trained ANN into a :class:`SpikingModel` of integrate-and-fire neurons.
 
@@ -303,7 +325,13 @@ def convert(
             output every this many steps (1 = every step, exact but slowest); in between the
             last simulated rounding error is reused.
         target_T: the number of steps the SNN will be read out after (needed by
-            ``threshold="mse"`` and by the corrections).
+            ``threshold="mse"``, by the corrections and by ``e2e_epochs``).
+        e2e_epochs: after the corrections, learn every neuron layer's per-channel
+            potential and bias corrections jointly for ``target_T`` steps by
+            backpropagation through the SNN, distilling the ANN's outputs on the
+            calibration images for this many epochs
+            (:func:`spikeforge.convert.finetune.calibrate_end_to_end`; binary spikes with
+            reset by subtraction only); 0 (default) = off. ``e2e_lr``: its Adam learning rate.
         share_reused_relu: reproduce the fault of converters that replace modules by
             name (for ablations only): all call sites of one ``nn.ReLU`` module share a
             single neuron — one threshold from their pooled statistics and one membrane
@@ -332,6 +360,7 @@ def convert(
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     _check_method(threshold, correction, target_T, max_spikes, share_reused_relu)
+    _check_e2e(e2e_epochs, e2e_lr, target_T, max_spikes, reset, share_reused_relu)
     if weight_iters != int(weight_iters) or weight_iters < 0:
         raise ConfigError(f"weight_iters must be a whole number >= 0, got {weight_iters!r}")
     if weight_refresh != int(weight_refresh) or weight_refresh < 1:
@@ -409,6 +438,7 @@ def convert(
     input_numel = 0
     ann_outputs: dict[str, list[torch.Tensor]] = {name: [] for name in recorders}
     correction_inputs: list[torch.Tensor] = []
+    e2e_inputs: list[torch.Tensor] = []
     hooks = []
     if correction != "none":
         for name, rec in recorders.items():
@@ -423,6 +453,8 @@ def convert(
                 raise ConversionError(f"the calibration data (a batch of shape {tuple(xb.shape)}) does not fit "
                                       f"{type(model).__name__}: {first}") from exc
             input_numel = max(input_numel, math.prod(xb.shape[1:]))
+            if e2e_epochs:
+                e2e_inputs.append(xb)
             if hooks:
                 correction_inputs.append(xb)
                 if len(correction_inputs) >= correction_batches:
@@ -481,6 +513,12 @@ def convert(
         snn.correction_report = correct_layerwise(snn, targets, correction_inputs, int(target_T), correction,
                                                   weight_iters=int(weight_iters),
                                                   weight_refresh=int(weight_refresh))
+    if e2e_epochs:
+        from spikeforge.convert.finetune import calibrate_end_to_end
+
+        options.update(e2e_epochs=int(e2e_epochs), e2e_lr=float(e2e_lr))
+        snn.e2e_report = calibrate_end_to_end(snn, model, torch.cat(e2e_inputs), int(target_T), epochs=int(e2e_epochs),
+                                              lr=float(e2e_lr), seed=seed)
     return snn
 
 
@@ -499,6 +537,21 @@ def _check_method(threshold: str, correction: str, target_T: int | None, max_spi
                          f"number of steps, got {target_T!r}")
     if correction != "none" and shared:
         raise ConversionError(f"correction={correction!r} is not supported with share_reused_relu=True")
+
+
+def _check_e2e(epochs: int, lr: float, target_T: int | None, max_spikes: int, reset: str, shared: bool) -> None:
+    if isinstance(epochs, bool) or int(epochs) != epochs or epochs < 0:
+        raise ConfigError(f"e2e_epochs must be a whole number >= 0, got {epochs!r}")
+    if not epochs:
+        return
+    if not (math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"e2e_lr must be a finite number > 0, got {lr!r}")
+    if target_T is None or int(target_T) != target_T or target_T < 1:
+        raise ConfigError(f"e2e_epochs={epochs} needs target_T, the steps to calibrate for, got {target_T!r}")
+    if max_spikes != 1 or reset != "subtract" or shared:
+        raise ConversionError(f"end-to-end calibration (e2e_epochs={epochs}) supports binary spikes with reset by "
+                              f"subtraction, one neuron per call site; got max_spikes={max_spikes}, reset={reset!r}"
+                              + (", share_reused_relu=True" if shared else ""))
 
 
 def _channel_mean(y: torch.Tensor, per_channel: bool = True) -> torch.Tensor:

@@ -187,7 +187,8 @@ def study_method(args: argparse.Namespace, preset: Preset) -> dict[str, Any]:
     ns = argparse.Namespace(threshold=args.threshold or ("percentile" if given else preset.threshold),
                             correction=args.correction or ("none" if given else preset.correction),
                             target_T=args.target_T, weight_iters=getattr(args, "weight_iters", 0),
-                            weight_refresh=getattr(args, "weight_refresh", 1))
+                            weight_refresh=getattr(args, "weight_refresh", 1),
+                            e2e_epochs=getattr(args, "e2e_epochs", 0), e2e_lr=getattr(args, "e2e_lr", 1e-4))
     if not given and (ns.threshold, ns.correction) != ("percentile", "none") and ns.target_T is None:
         ns.target_T = preset.target_T
     return method_options(ns)

@@ -490,6 +490,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "spike_stats": res["spike_stats"],
         **parallel_info(device),
     }
+    if getattr(snn, "e2e_report", None):
+        metrics["e2e_report"] = snn.e2e_report
     snn.cpu()
     plot_spike_stats(res["spike_stats"], out / "spike_stats.png", title=f"{net_name(_config(args))} on {args.dataset}: converted SNN")
     nir_export = export_file(args, snn, tuple(train[0].shape[1:]))

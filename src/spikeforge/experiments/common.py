@@ -262,6 +262,11 @@ def add_method_arguments(p: argparse.ArgumentParser, *, activation: bool = True,
     p.add_argument("--weight-refresh", type=integer(1, 100_000), default=1,
                    help="with --weight-iters: simulate each layer's true --target-T-step output every this many "
                         "steps (1 = every step; 5 converted a ResNet-18 1.4-1.6x faster, see benchmarks/RESULTS.md)")
+    p.add_argument("--e2e-epochs", type=integer(0, 100_000), default=0,
+                   help="then learn every neuron layer's per-channel potential and bias corrections jointly for "
+                        "--target-T steps (backpropagation through the SNN, distilling the ANN on the calibration "
+                        "images) for this many epochs; 0 = off")
+    p.add_argument("--e2e-lr", type=learning_rate, default=1e-4, help="Adam learning rate of --e2e-epochs")
     if activation:
         p.add_argument("--activation", choices=ACTIVATIONS, default="relu",
                        help="relu, or qcfs: train with the quantized clip-floor-shift activation (its learnt "
@@ -273,10 +278,17 @@ def method_options(args: argparse.Namespace) -> dict[str, Any]:
     """convert() keywords of the few-step options (empty for the defaults, so old caches stay valid)."""
     out: dict[str, Any] = {}
     threshold, correction = args.threshold or "percentile", args.correction or "none"
+    e2e = getattr(args, "e2e_epochs", 0) or 0
     if threshold != "percentile" or correction != "none":
         out.update(threshold=threshold, correction=correction, target_T=args.target_T or 16)
+    elif e2e:
+        out["target_T"] = args.target_T or 16
     elif args.target_T is not None:
-        raise ConfigError("--target-T is used only with --threshold mse or --correction bias|potential")
+        raise ConfigError("--target-T is used only with --threshold mse, --correction bias|potential or --e2e-epochs")
+    if e2e:
+        out.update(e2e_epochs=int(e2e), e2e_lr=float(args.e2e_lr))
+    elif getattr(args, "e2e_lr", 1e-4) != 1e-4:
+        raise ConfigError("--e2e-lr is used only with --e2e-epochs N (N > 0)")
     weight_iters = getattr(args, "weight_iters", 0) or 0
     if weight_iters and correction == "none":
         raise ConfigError("--weight-iters needs --correction bias or potential (weight calibration runs in its "
@@ -308,6 +320,9 @@ def method_name(options: dict[str, Any], activation: str = "relu", levels: int |
                      + f") for T={options['target_T']}")
     if corr != "none":
         parts.append(f"{corr} correction for T={options['target_T']}")
+    if options.get("e2e_epochs"):
+        parts.append(f"potential and bias learnt end to end for T={options['target_T']} "
+                     f"({options['e2e_epochs']} epochs on the calibration images, lr {options.get('e2e_lr', 1e-4):g})")
     return "; ".join(parts)
 
 

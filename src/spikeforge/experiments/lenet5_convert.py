@@ -229,6 +229,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.pool != "max":
         metrics["pool"] = args.pool
+    if getattr(snn, "e2e_report", None):
+        metrics["e2e_report"] = snn.e2e_report
     nir_export = export_file(args, snn.cpu(), (1, 28, 28))
     if nir_export:
         metrics["nir_export"] = nir_export
