@@ -177,3 +177,4 @@ def test_lenet5_convert_asks_for_it_on_the_command_line(tmp_path, capsys):
     assert "potential and bias learnt end to end for T=4" in (out / "report.md").read_text()
     assert main(["run", "lenet5-convert", "--e2e-lr", "0.01", "--out", str(tmp_path / "bad")]) != 0
     assert "--e2e-lr" in capsys.readouterr().err
+

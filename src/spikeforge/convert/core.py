@@ -517,9 +517,6 @@ def convert(
         from spikeforge.convert.finetune import calibrate_end_to_end
 
         options.update(e2e_epochs=int(e2e_epochs), e2e_lr=float(e2e_lr))
-        if len({tuple(x.shape[1:]) for x in e2e_inputs}) > 1:
-            raise ConversionError("end-to-end calibration needs calibration batches of one input shape, got "
-                                  + ", ".join(sorted({str(tuple(x.shape[1:])) for x in e2e_inputs})))
         snn.e2e_report = calibrate_end_to_end(snn, model, torch.cat(e2e_inputs), int(target_T), epochs=int(e2e_epochs),
                                               lr=float(e2e_lr), seed=seed)
     return snn
