@@ -19,13 +19,18 @@ def _snn_loss(snn, net, x, T):
         return float(_distillation_loss(snn(x, T).mean(0), net(x), 1.0))
 
 
-@pytest.mark.parametrize("per_channel", [False, True])
-def test_the_differentiable_path_is_the_same_snn(per_channel):
+@pytest.mark.parametrize("kind", ["qcfs", "relu-per-channel"])
+def test_the_differentiable_path_is_the_same_snn(kind):
     """With the corrections handed to the surrogate path unchanged, run_with_grad gives the
-    outputs of the ordinary (no-grad, native-kernel) simulation."""
-    net = _qnet(4)
-    x = torch.rand(16, 2, 8, 8)
-    snn = convert(net, x, correction="potential", target_T=4, batch_size=16, per_channel=per_channel)
+    outputs of the ordinary (no-grad, native-kernel) simulation: a QCFS net (one θ per layer,
+    residual add, max-pool, avg-pool) and a ReLU net with per-channel θ and bias correction."""
+    if kind == "qcfs":
+        net, x = _qnet(4), torch.rand(16, 2, 8, 8)
+        snn = convert(net, x, correction="potential", target_T=4, batch_size=16)
+    else:
+        net, x = _relu_net(), torch.randn(16, 3, 8, 8)
+        snn = convert(net, x, threshold="mse", correction="bias", target_T=4, batch_size=16, per_channel=True)
+        assert any(m.threshold.numel() > 1 for m in snn.neurons().values())
     ref = snn(x, 5)
     for m in snn.neurons().values():
         m.surrogate_corrections = {"potential": m.v_offset, "bias": m.input_bias}
