@@ -14,6 +14,15 @@ from spikeforge.convert.finetune import _distillation_loss
 from test_fewstep import _qnet, _relu_net  # the small nets of the few-step tests (tests/ is on sys.path)
 
 
+def _confident_net_and_images(seed: int, n: int = 128):
+    """The small ReLU net with confident logits (as a trained net has) and random images."""
+    net = _relu_net()
+    with torch.no_grad():
+        net[-1].weight.mul_(30)
+    torch.manual_seed(seed)
+    return net, torch.randn(n, 3, 8, 8)
+
+
 def _snn_loss(snn, net, x, T):
     with torch.no_grad():
         return float(_distillation_loss(snn(x, T).mean(0), net(x), 1.0))
@@ -43,11 +52,7 @@ def test_the_differentiable_path_is_the_same_snn(kind):
 
 
 def test_calibration_lowers_the_distillation_loss_and_keeps_the_weights():
-    net = _relu_net()
-    with torch.no_grad():
-        net[-1].weight.mul_(30)  # confident logits, as a trained net has
-    torch.manual_seed(1)
-    x = torch.randn(256, 3, 8, 8)
+    net, x = _confident_net_and_images(1, 256)
     T = 3
     # started without the half-threshold initial membrane: a systematic error the
     # per-channel corrections can undo (a random net's own rounding noise they cannot)
@@ -135,11 +140,7 @@ def test_the_benchmark_method_suffix_asks_for_end_to_end_calibration():
 
 
 def test_learnt_thresholds_become_per_channel_and_the_snn_still_runs():
-    net = _relu_net()
-    with torch.no_grad():
-        net[-1].weight.mul_(30)
-    torch.manual_seed(3)
-    x = torch.randn(128, 3, 8, 8)
+    net, x = _confident_net_and_images(3)
     snn = convert(net, x, threshold="mse", target_T=3, batch_size=128, v_init=0.0)
     before = _snn_loss(snn, net, x, 3)
     calibrate_end_to_end(snn, net, x, 3, epochs=3, lr=3e-3, learn=("potential", "bias", "threshold"))
@@ -150,11 +151,7 @@ def test_learnt_thresholds_become_per_channel_and_the_snn_still_runs():
 
 
 def test_convert_runs_it_on_its_calibration_images():
-    net = _relu_net()
-    with torch.no_grad():
-        net[-1].weight.mul_(30)
-    torch.manual_seed(4)
-    x = torch.randn(128, 3, 8, 8)
+    net, x = _confident_net_and_images(4)
     plain = convert(net, x, threshold="mse", target_T=3, batch_size=64, v_init=0.0)
     tuned = convert(net, x, threshold="mse", target_T=3, batch_size=64, v_init=0.0, e2e_epochs=3, e2e_lr=3e-3)
     assert tuned.e2e_report["images"] == 128 and tuned.options["e2e_epochs"] == 3

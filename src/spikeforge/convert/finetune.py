@@ -93,8 +93,9 @@ def calibrate_end_to_end(
     distillation loss between the SNN's mean output over ``T`` steps and the ANN's output.
     The spike's gradient is the triangular surrogate of half-width θ around the threshold.
     ``learn`` names what is learnt (:data:`E2E_PARAMS`): ``potential`` and ``bias`` per
-    channel; ``threshold`` makes θ per channel too (the spike's value θ changes with it). ``bf16``: convolutions and linear
-    layers under bfloat16 autocast (membranes stay float32), as in evaluation.
+    channel; ``threshold`` makes θ per channel too (the spike's value θ changes with it).
+    ``bf16``: convolutions and linear layers under bfloat16 autocast (membranes stay
+    float32), as in evaluation.
     ``augment(batch, generator)``: a random transform applied to every batch (e.g.
     :func:`spikeforge.data.augment.random_crop_flip`); the ANN's targets are then computed
     on the transformed batch.
@@ -140,9 +141,12 @@ def calibrate_end_to_end(
         for kind, attr in (("potential", "v_offset"), ("bias", "input_bias")):
             start = getattr(m, attr)
             if kind in learn:
-                base = torch.zeros(shape, device=device) if start is None else start.detach().float().clone()
-                if start is not None and tuple(start.shape) != shape and start.numel() != 1:
-                    base = start.detach().float().clone()  # a per-unit correction is learnt per unit
+                if start is None:
+                    base = torch.zeros(shape, device=device)
+                elif start.numel() == 1:
+                    base = start.detach().float().expand(shape).clone()
+                else:  # per channel, or per unit when the correction was set per unit
+                    base = start.detach().float().clone()
                 own[kind] = base.requires_grad_(True)
             elif start is not None:
                 own[kind] = start.detach().float()
