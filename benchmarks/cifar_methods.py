@@ -122,6 +122,10 @@ def main() -> int:
     ap.add_argument("--e2e-aug", type=int, default=4,
                     help="/e2eN: shift the calibration images by up to this many pixels and flip them (0 = as they are)")
     args = ap.parse_args()
+    if not (args.e2e_lr > 0 and args.e2e_lr < float("inf")):
+        raise SystemExit(f"--e2e-lr must be a finite number > 0, got {args.e2e_lr}")
+    if args.e2e_aug < 0:
+        raise SystemExit(f"--e2e-aug must be >= 0 pixels, got {args.e2e_aug}")
     try:
         dev = torch.device(args.device)
     except RuntimeError:

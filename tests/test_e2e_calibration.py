@@ -180,3 +180,14 @@ def test_lenet5_convert_asks_for_it_on_the_command_line(tmp_path, capsys):
     assert main(["run", "lenet5-convert", "--e2e-lr", "0.01", "--out", str(tmp_path / "bad")]) != 0
     assert "--e2e-lr" in capsys.readouterr().err
 
+
+
+@pytest.mark.parametrize("flag,value,needle", [("--e2e-lr", "nan", "--e2e-lr"), ("--e2e-aug", "-2", "--e2e-aug")])
+def test_the_benchmark_names_a_bad_e2e_option(flag, value, needle):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "cifar_methods.py"
+    r = subprocess.run([sys.executable, str(script), "--run", "no-such-run", flag, value], capture_output=True, text=True)
+    assert r.returncode != 0 and needle in r.stderr and "Traceback" not in r.stderr
