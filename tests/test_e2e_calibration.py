@@ -191,3 +191,102 @@ def test_the_benchmark_names_a_bad_e2e_option(flag, value, needle):
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "cifar_methods.py"
     r = subprocess.run([sys.executable, str(script), "--run", "no-such-run", flag, value], capture_output=True, text=True)
     assert r.returncode != 0 and needle in r.stderr and "Traceback" not in r.stderr
+
+
+def test_learning_the_weights_too_fine_tunes_the_snn_and_leaves_the_ann_alone():
+    net, x = _confident_net_and_images(5, 256)
+    ann_state = {k: v.clone() for k, v in net.state_dict().items()}
+    T = 3
+    plain = convert(net, x, threshold="mse", target_T=T, batch_size=256, v_init=0.0)
+    snn = convert(net, x, threshold="mse", target_T=T, batch_size=256, v_init=0.0)
+    weights = {k: v.clone() for k, v in snn.state_dict().items() if k.endswith("weight")}
+    before = _snn_loss(snn, net, x, T)
+    report = calibrate_end_to_end(snn, net, x, T, epochs=4, batch_size=32, lr=3e-3, weight_lr=1e-3,
+                                  learn=("potential", "bias", "weight"))
+    assert report["weight_lr"] == 1e-3 and "weight" in report["learn"]
+    assert _snn_loss(snn, net, x, T) < 0.85 * before
+    changed = [k for k, v in snn.state_dict().items() if k in weights and not torch.equal(v, weights[k])]
+    assert len(changed) == len(weights)  # every synaptic layer was tuned
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, ann_state[k]), k  # the ANN is not
+    assert not any(p.requires_grad for p in snn.parameters()) or all(
+        p.requires_grad == q.requires_grad for p, q in zip(snn.parameters(), plain.parameters()))
+    with pytest.raises(ValueError, match="weight_lr"):
+        calibrate_end_to_end(snn, net, x, T, learn=("weight",), weight_lr=-1.0)
+
+
+def test_the_benchmark_saves_and_loads_a_tuned_snn(tmp_path):
+    mod = _cifar_methods()
+    kw = mod.parse_method("percentile+potential@4/cb4/e2e4096w")
+    assert kw["e2e_images"] == 4096 and kw["e2e_weights"] is True
+    assert mod.parse_method("percentile+potential@4/e2e64")["e2e_weights"] is False
+    with pytest.raises(SystemExit, match="unknown suffix"):
+        mod.parse_method("percentile+potential@4/e2e64ww")
+    net, x = _confident_net_and_images(6, 64)
+    snn = convert(net, x, threshold="mse", correction="potential", target_T=3, batch_size=64)
+    calibrate_end_to_end(snn, net, x, 3, learn=("potential", "bias", "weight"), lr=1e-2, weight_lr=1e-2)
+    mod.PART = 2_000  # several parts
+    mod.save_snn(snn, str(tmp_path / "snn"), {"method": "m"})
+    assert len(list((tmp_path / "snn").glob("part*"))) >= 2
+    fresh = convert(net, x, threshold="mse", target_T=3, batch_size=64)
+    assert not torch.equal(fresh(x, 3), snn(x, 3))
+    assert mod.load_snn(fresh, str(tmp_path / "snn"))["method"] == "m"
+    torch.testing.assert_close(fresh(x, 3), snn(x, 3))
+    (tmp_path / "snn" / "part01").write_bytes(b"xx")
+    with pytest.raises(SystemExit, match="cannot read"):
+        mod.load_snn(fresh, str(tmp_path / "snn"))
+
+
+def test_extra_readouts_are_distilled_too():
+    net, x = _confident_net_and_images(7, 64)
+    snn = convert(net, x, threshold="mse", target_T=2, batch_size=64, v_init=0.0)
+    seen = []
+    real = snn.run_with_grad
+
+    def spy(inp, T):
+        seen.append(T)
+        return real(inp, T)
+
+    snn.run_with_grad = spy
+    report = calibrate_end_to_end(snn, net, x, 2, extra_T=(5,), batch_size=32, lr=1e-3)
+    assert seen == [5, 5] and report["extra_T"] == [5]
+    with pytest.raises(ValueError, match="extra_T"):
+        calibrate_end_to_end(snn, net, x, 2, extra_T=(0,))
+
+
+def test_gradients_pass_the_spiking_max_pool():
+    """The lateral-inhibition max-pool keeps the autograd graph while calibrating (its native
+    kernel does not), so the layers in front of a pool are learnt too — with the same values."""
+    from spikeforge.layers import SpikingMaxPool2d
+
+    torch.manual_seed(0)
+    xs = torch.rand(5, 2, 3, 8, 8)
+    pool = SpikingMaxPool2d(2, mode="lipool")
+    ref = pool(xs)
+    pool.reset_state()
+    leaf = xs.clone().requires_grad_(True)
+    out = pool(leaf)
+    torch.testing.assert_close(out, ref)
+    out.sum().backward()
+    assert leaf.grad is not None and leaf.grad.abs().sum() > 0
+
+
+def test_convert_and_the_cli_fine_tune_the_weights_when_asked(tmp_path, capsys):
+    import json
+
+    from spikeforge.cli import main
+
+    net, x = _confident_net_and_images(8)
+    snn = convert(net, x, threshold="mse", target_T=3, batch_size=64, e2e_epochs=1, e2e_lr=1e-3, e2e_weight_lr=1e-3)
+    assert snn.options["e2e_weight_lr"] == 1e-3 and "weight" in snn.e2e_report["learn"]
+    with pytest.raises(Exception, match="e2e_weight_lr"):
+        convert(net, x, target_T=3, e2e_weight_lr=1e-3)  # without e2e_epochs
+    out = tmp_path / "run"
+    assert main(["run", "lenet5-convert", "--epochs", "1", "--T", "4", "--calib-batches", "1", "--val-split", "500",
+                 "--correction", "potential", "--target-T", "4", "--e2e-epochs", "1", "--e2e-weight-lr", "0.0001",
+                 "--out", str(out), "--no-progress"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["conversion"]["e2e_weight_lr"] == 0.0001 and "weight" in m["e2e_report"]["learn"]
+    assert "potential, bias and weights learnt end to end for T=4" in (out / "report.md").read_text()
+    assert main(["run", "lenet5-convert", "--e2e-weight-lr", "0.01", "--out", str(tmp_path / "bad")]) != 0
+    assert "--e2e-weight-lr" in capsys.readouterr().err

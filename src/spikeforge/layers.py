@@ -98,6 +98,9 @@ class SpikingMaxPool2d(StatefulModule):
             out = self._pool(xs.reshape(K * N, *xs.shape[2:]))
             return out if self.clock is not None else out.view(K, N, *out.shape[1:])
         if self.mode == "lipool":
+            if torch.is_grad_enabled() and xs.requires_grad:  # end-to-end calibration: keep the graph
+                out = self._lipool_autograd(xs)
+                return out if self.clock is None else out.view(K * N, *out.shape[2:])
             out = self._lipool_native(xs)
             if out is None:
                 out = self._lipool_steps(xs)
@@ -115,6 +118,20 @@ class SpikingMaxPool2d(StatefulModule):
         if self.clock is None:
             return out
         return out.reshape(K * N, *out.shape[2:])
+
+    def _lipool_autograd(self, xs: torch.Tensor) -> torch.Tensor:
+        """LIPool in out-of-place PyTorch ops, so that gradients reach the input (each
+        output step is ``MP(A_t) − MP(A_{t−1})``; the max passes its gradient to the unit
+        holding it). The same values as :meth:`_lipool_steps`; float32 state."""
+        acc, prev, outs = self.acc, self.pooled, []
+        for k in range(xs.shape[0]):
+            acc = xs[k].float() if acc is None else acc + xs[k].float()
+            pooled = F.max_pool2d(acc, self.kernel_size, self.stride, self.padding, self.dilation,
+                                  ceil_mode=self.ceil_mode)
+            outs.append(pooled if prev is None else pooled - prev)
+            prev = pooled
+        self.acc, self.pooled = acc, prev
+        return torch.stack(outs).to(xs.dtype)
 
     def _lipool_steps(self, xs: torch.Tensor) -> torch.Tensor:
         """LIPool in PyTorch ops, one step after the other (any kernel, stride, padding).

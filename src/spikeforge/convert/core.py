@@ -286,6 +286,7 @@ def convert(
     weight_refresh: int = WEIGHT_REFRESH,
     e2e_epochs: int = 0,
     e2e_lr: float = 1e-4,
+    e2e_weight_lr: float | None = None,
 ) -> SpikingModel:
     """Convert a trained ANN into a :class:`SpikingModel` of integrate-and-fire neurons.
 
@@ -332,6 +333,9 @@ def convert(
             calibration images for this many epochs
             (:func:`spikeforge.convert.finetune.calibrate_end_to_end`; binary spikes with
             reset by subtraction only); 0 (default) = off. ``e2e_lr``: its Adam learning rate.
+            ``e2e_weight_lr``: fine-tune the SNN's weights and biases in the same pass with
+            this learning rate (a distillation fine-tune of the whole SNN at ``target_T``;
+            the ANN is not changed); None (default) = weights stay as converted.
         share_reused_relu: reproduce the fault of converters that replace modules by
             name (for ablations only): all call sites of one ``nn.ReLU`` module share a
             single neuron — one threshold from their pooled statistics and one membrane
@@ -361,6 +365,9 @@ def convert(
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     _check_method(threshold, correction, target_T, max_spikes, share_reused_relu)
     _check_e2e(e2e_epochs, e2e_lr, target_T, max_spikes, reset, share_reused_relu)
+    if e2e_weight_lr is not None and not (e2e_epochs and math.isfinite(e2e_weight_lr) and e2e_weight_lr > 0):
+        raise ConfigError(f"e2e_weight_lr must be a finite number > 0 and needs e2e_epochs > 0; got "
+                          f"e2e_weight_lr={e2e_weight_lr!r}, e2e_epochs={e2e_epochs!r}")
     if weight_iters != int(weight_iters) or weight_iters < 0:
         raise ConfigError(f"weight_iters must be a whole number >= 0, got {weight_iters!r}")
     if weight_refresh != int(weight_refresh) or weight_refresh < 1:
@@ -517,8 +524,12 @@ def convert(
         from spikeforge.convert.finetune import calibrate_end_to_end
 
         options.update(e2e_epochs=int(e2e_epochs), e2e_lr=float(e2e_lr))
+        learn = ("potential", "bias")
+        if e2e_weight_lr is not None:
+            options["e2e_weight_lr"] = float(e2e_weight_lr)
+            learn += ("weight",)
         snn.e2e_report = calibrate_end_to_end(snn, model, torch.cat(e2e_inputs), int(target_T), epochs=int(e2e_epochs),
-                                              lr=float(e2e_lr), seed=seed)
+                                              lr=float(e2e_lr), seed=seed, learn=learn, weight_lr=e2e_weight_lr)
     return snn
 
 

@@ -8,8 +8,10 @@ same per-channel quantities — the initial-membrane offset (potential) and the 
 input current (bias) of every neuron layer — jointly, by backpropagation through the T
 steps of the SNN with a surrogate gradient for the spike, so that the SNN's T-step mean
 output matches the ANN's output on calibration images (distillation; no labels). Weights
-and thresholds stay as converted; the result is an ordinary :class:`SpikingModel` whose
-``v_offset`` / ``input_bias`` buffers hold the learnt values.
+and thresholds stay as converted unless asked (``learn`` with ``"weight"``: the SNN's
+synaptic weights and biases are fine-tuned too, by the same distillation); the result is an
+ordinary :class:`SpikingModel` whose ``v_offset`` / ``input_bias`` buffers hold the learnt
+values.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from spikeforge.convert.graph import ConversionError
 from spikeforge.neurons import IFNeuron
 
 #: What :func:`calibrate_end_to_end` may learn, by name.
-E2E_PARAMS = ("potential", "bias", "threshold")
+E2E_PARAMS = ("potential", "bias", "threshold", "weight")
 #: What it learns unless told otherwise.
 E2E_DEFAULT = ("potential", "bias")
 
@@ -78,6 +80,8 @@ def calibrate_end_to_end(
     batch_size: int = 32,
     lr: float = 2e-4,
     learn: tuple[str, ...] = E2E_DEFAULT,
+    weight_lr: float | None = None,
+    extra_T: tuple[int, ...] = (),
     temperature: float = 1.0,
     bf16: bool = False,
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
@@ -93,7 +97,12 @@ def calibrate_end_to_end(
     distillation loss between the SNN's mean output over ``T`` steps and the ANN's output.
     The spike's gradient is the triangular surrogate of half-width θ around the threshold.
     ``learn`` names what is learnt (:data:`E2E_PARAMS`): ``potential`` and ``bias`` per
-    channel; ``threshold`` makes θ per channel too (the spike's value θ changes with it).
+    channel; ``threshold`` makes θ per channel too (the spike's value θ changes with it);
+    ``weight`` fine-tunes every weight and bias of the SNN's synaptic layers as well, with
+    learning rate ``weight_lr`` (default ``lr``) — a distillation fine-tune of the whole
+    SNN at ``T`` steps (the ANN is never changed). ``extra_T``: further readout lengths
+    whose losses are averaged with T's (e.g. ``(8,)`` to keep T=8 good while tuning for
+    T=4; the SNN then runs ``max(T, *extra_T)`` steps per batch).
     ``bf16``: convolutions and linear layers under bfloat16 autocast (membranes stay
     float32), as in evaluation.
     ``augment(batch, generator)``: a random transform applied to every batch (e.g.
@@ -113,6 +122,11 @@ def calibrate_end_to_end(
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if any(int(t) != t or t < 1 for t in extra_T):
+        raise ValueError(f"extra_T must hold positive numbers of time steps, got {tuple(extra_T)!r}")
+    readouts = sorted({int(T), *(int(t) for t in extra_T)})
+    if weight_lr is not None and not (math.isfinite(weight_lr) and weight_lr > 0):
+        raise ValueError(f"weight_lr must be a finite number > 0, got {weight_lr!r}")
     if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
     unknown = [p for p in learn if p not in E2E_PARAMS]
@@ -157,6 +171,11 @@ def calibrate_end_to_end(
     frozen = [(p, p.requires_grad) for p in list(snn.parameters()) + list(ann.parameters())]
     for p, _ in frozen:
         p.requires_grad_(False)
+    weights = [p for p in snn.parameters() if p.is_floating_point()] if "weight" in learn else []
+    if "weight" in learn and not weights:
+        raise ConversionError("learn includes 'weight' but this SNN has no floating-point parameters")
+    for p in weights:
+        p.requires_grad_(True)
 
     was_training = ann.training
     ann.eval()
@@ -166,12 +185,16 @@ def calibrate_end_to_end(
             targets = torch.cat([ann(images[i:i + 256]).float() for i in range(0, len(images), 256)])
 
     params = [t for own in trained.values() for k, t in own.items() if k in learn]
-    opt = torch.optim.Adam(params, lr=lr)
+    groups = [{"params": params, "lr": lr}] if params else []
+    if weights:
+        groups.append({"params": weights, "lr": lr if weight_lr is None else weight_lr})
+    opt = torch.optim.Adam(groups)
     steps = epochs * math.ceil(len(images) / batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     gen = torch.Generator().manual_seed(seed)
     report: dict[str, Any] = {"T": int(T), "images": len(images), "epochs": int(epochs), "batch_size": int(batch_size),
-                              "lr": float(lr), "learn": list(learn), "steps": steps, "loss": [], "agreement": []}
+                              "lr": float(lr), "learn": list(learn), "extra_T": [int(t) for t in extra_T],
+                              "weight_lr": None if not weights else float(lr if weight_lr is None else weight_lr), "steps": steps, "loss": [], "agreement": []}
     if bf16:
         from spikeforge.evaluate import analog_input_float32
     t_start = time.perf_counter()
@@ -193,9 +216,9 @@ def calibrate_end_to_end(
                     if bf16:
                         stack.enter_context(analog_input_float32(snn))
                         stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
-                    y = snn.run_with_grad(x, int(T))
-                y = y.float().mean(0)
-                loss = _distillation_loss(y, target, temperature)
+                    y_steps = snn.run_with_grad(x, readouts[-1]).float()
+                y = y_steps[:int(T)].mean(0)
+                loss = sum(_distillation_loss(y_steps[:t].mean(0), target, temperature) for t in readouts) / len(readouts)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"end-to-end calibration: the loss became {float(loss)} at epoch "
                                              f"{epoch + 1}; lower lr (now {lr})")

@@ -25,10 +25,11 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: Optional[torch.Gene
         return x
     N, C, H, W = x.shape
     padded = F.pad(x, (max_shift,) * 4)
-    dy = torch.randint(0, 2 * max_shift + 1, (N,), generator=generator)
-    dx = torch.randint(0, 2 * max_shift + 1, (N,), generator=generator)
-    rows = dy.view(N, 1) + torch.arange(H).view(1, H)  # [N, H]
-    cols = dx.view(N, 1) + torch.arange(W).view(1, W)  # [N, W]
+    # offsets drawn on the CPU (a CPU generator), used where the images are
+    dy = torch.randint(0, 2 * max_shift + 1, (N,), generator=generator).to(x.device)
+    dx = torch.randint(0, 2 * max_shift + 1, (N,), generator=generator).to(x.device)
+    rows = dy.view(N, 1) + torch.arange(H, device=x.device).view(1, H)  # [N, H]
+    cols = dx.view(N, 1) + torch.arange(W, device=x.device).view(1, W)  # [N, W]
     out = padded.gather(2, rows.view(N, 1, H, 1).expand(N, C, H, padded.shape[3]))
     return out.gather(3, cols.view(N, 1, 1, W).expand(N, C, H, W))
 
@@ -44,6 +45,6 @@ def random_crop_flip(
     if out is x:
         out = x.clone()
     if flip:
-        f = torch.rand(x.shape[0], generator=generator) < 0.5
+        f = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device)
         out = torch.where(f.view(-1, 1, 1, 1), out.flip(-1), out)
     return out

@@ -188,7 +188,8 @@ def study_method(args: argparse.Namespace, preset: Preset) -> dict[str, Any]:
                             correction=args.correction or ("none" if given else preset.correction),
                             target_T=args.target_T, weight_iters=getattr(args, "weight_iters", 0),
                             weight_refresh=getattr(args, "weight_refresh", 1),
-                            e2e_epochs=getattr(args, "e2e_epochs", 0), e2e_lr=getattr(args, "e2e_lr", 1e-4))
+                            e2e_epochs=getattr(args, "e2e_epochs", 0), e2e_lr=getattr(args, "e2e_lr", 1e-4),
+                            e2e_weight_lr=getattr(args, "e2e_weight_lr", None))
     if not given and (ns.threshold, ns.correction) != ("percentile", "none") and ns.target_T is None:
         ns.target_T = preset.target_T
     return method_options(ns)

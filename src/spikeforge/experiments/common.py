@@ -267,6 +267,9 @@ def add_method_arguments(p: argparse.ArgumentParser, *, activation: bool = True,
                         "--target-T steps (backpropagation through the SNN, distilling the ANN on the calibration "
                         "images) for this many epochs; 0 = off")
     p.add_argument("--e2e-lr", type=learning_rate, default=1e-4, help="Adam learning rate of --e2e-epochs")
+    p.add_argument("--e2e-weight-lr", type=learning_rate, default=None,
+                   help="with --e2e-epochs: fine-tune the SNN's weights too, at this Adam learning rate "
+                        "(distillation from the ANN at --target-T steps; default: weights stay as converted)")
     if activation:
         p.add_argument("--activation", choices=ACTIVATIONS, default="relu",
                        help="relu, or qcfs: train with the quantized clip-floor-shift activation (its learnt "
@@ -287,8 +290,12 @@ def method_options(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError("--target-T is used only with --threshold mse, --correction bias|potential or --e2e-epochs")
     if e2e:
         out.update(e2e_epochs=int(e2e), e2e_lr=float(args.e2e_lr))
+        if getattr(args, "e2e_weight_lr", None) is not None:
+            out["e2e_weight_lr"] = float(args.e2e_weight_lr)
     elif getattr(args, "e2e_lr", 1e-4) != 1e-4:
         raise ConfigError("--e2e-lr is used only with --e2e-epochs N (N > 0)")
+    elif getattr(args, "e2e_weight_lr", None) is not None:
+        raise ConfigError("--e2e-weight-lr is used only with --e2e-epochs N (N > 0)")
     weight_iters = getattr(args, "weight_iters", 0) or 0
     if weight_iters and correction == "none":
         raise ConfigError("--weight-iters needs --correction bias or potential (weight calibration runs in its "
@@ -321,8 +328,10 @@ def method_name(options: dict[str, Any], activation: str = "relu", levels: int |
     if corr != "none":
         parts.append(f"{corr} correction for T={options['target_T']}")
     if options.get("e2e_epochs"):
-        parts.append(f"potential and bias learnt end to end for T={options['target_T']} "
-                     f"({options['e2e_epochs']} epochs on the calibration images, lr {options.get('e2e_lr', 1e-4):g})")
+        what = "potential, bias and weights" if options.get("e2e_weight_lr") else "potential and bias"
+        wlr = f", weights lr {options['e2e_weight_lr']:g}" if options.get("e2e_weight_lr") else ""
+        parts.append(f"{what} learnt end to end for T={options['target_T']} "
+                     f"({options['e2e_epochs']} epochs on the calibration images, lr {options.get('e2e_lr', 1e-4):g}{wlr})")
     return "; ".join(parts)
 
 
