@@ -14,7 +14,16 @@ SNNs are evaluated on the first ``--n`` images of the same held-out split. A met
 (``mse+potential@8/pc/cb4``), ``/wN`` for N steps of layer-wise weight calibration and
 ``/e2eN`` for end-to-end calibration of the corrections at the target T on N training images
 outside the calibration and selection sets (``percentile+potential@4/cb4/e2e4096``; randomly
-shifted by up to ``--e2e-aug`` pixels and flipped; see ``spikeforge.convert.calibrate_end_to_end``).
+shifted by up to ``--e2e-aug`` pixels and flipped; see ``spikeforge.convert.calibrate_end_to_end``);
+``/e2eNw`` fine-tunes the SNN's weights in the same pass (learning rate ``--e2e-weight-lr``), a
+distillation fine-tune of the whole SNN at the target T. ``--e2e-epochs`` and ``--e2e-batch`` set
+its passes and batch; on ``--device cuda`` it runs there.
+
+``--save-snn DIR`` writes the (last) method's SNN state (float16 parts of ≤ 15 MiB, as
+``device_transport.py export``), ``--load-snn DIR`` evaluates such a state instead of
+calibrating again (the method without ``/e2e`` rebuilds the SNN's structure).
+``--data-pack FILE`` reads the images from a ``device_transport.py pack`` file instead of
+``--data-dir`` (one packed with ``--train-keep`` carries fewer training images).
 Prints, per method, the conversion time and accuracy at T = 1, 2, 4, 8, 16, 32, 64, and
 writes ``methods.json`` into ``--run`` (or to ``--json PATH``, so that a second comparison on
 the same run does not replace the first).
@@ -45,6 +54,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from spikeforge import convert
@@ -54,6 +64,84 @@ from spikeforge.evaluate import evaluate_snn
 from spikeforge.experiments.common import load_split_tensors
 from spikeforge.experiments.cifar_convert import build_model
 from spikeforge.train import evaluate_classifier, load_checkpoint
+
+PART = 15 * 2**20
+
+
+def load_pack(path: str, val_split: int) -> tuple:
+    """``load_split_tensors`` on a ``device_transport.py pack`` file: the same held-out images
+    in the same order; the training images the file carries."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from device_transport import read_pack
+    from spikeforge.data.cifar import CIFAR10_CLASSES
+    from spikeforge.data.split import stratified_split
+    from spikeforge.experiments.common import VAL_SPLIT_SEED
+
+    try:
+        rec, held, present = read_pack(path)
+    except (OSError, ValueError, EOFError) as exc:
+        raise SystemExit(f"--data-pack {path}: {exc}") from None
+    labels = torch.from_numpy(rec[:, 0].astype(np.int64))
+    train_idx, val_idx = stratified_split(labels, val_split, seed=VAL_SPLIT_SEED)
+    mask = np.zeros(len(rec), dtype=bool)
+    mask[val_idx.numpy()] = True
+    if not (mask == held).all():
+        raise SystemExit(f"--data-pack {path}: its held-out images are not the run's --val-split {val_split}")
+    train_idx = train_idx[torch.from_numpy(present[train_idx.numpy()])]
+    x = torch.from_numpy(rec[:, 1:]).view(-1, 3, 32, 32)
+    return ((x[train_idx].float().div_(255), labels[train_idx]), (x[val_idx].float().div_(255), labels[val_idx]),
+            list(CIFAR10_CLASSES))
+
+
+def save_snn(snn, folder: str, meta: dict, neurons_only: bool = False) -> None:
+    """The SNN's parameters and buffers (tensors of > 4,096 elements as float16) in parts;
+    ``neurons_only``: only the neuron layers' buffers (thresholds and corrections)."""
+    import io
+
+    keep = tuple(f"graph_module.{name}." for name in snn.neurons())
+    state = {k: (v.detach().cpu().half() if v.is_floating_point() and v.numel() > 4096 else v.detach().cpu())
+             for k, v in snn.state_dict().items()
+             if not neurons_only or k.startswith(keep)}
+    buf = io.BytesIO()
+    torch.save({"snn": state, "meta": meta}, buf)
+    data = buf.getvalue()
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("part*"):
+        old.unlink()
+    for i in range(0, len(data), PART):
+        tmp = out / f".part{i // PART:02d}.tmp"
+        tmp.write_bytes(data[i:i + PART])
+        tmp.replace(out / f"part{i // PART:02d}")
+    print(f"SNN state -> {out}: {len(data) / 2**20:.1f} MiB in {(len(data) + PART - 1) // PART} parts")
+
+
+def load_snn(snn, folder: str) -> dict:
+    """Put a state written by :func:`save_snn` into ``snn`` (same structure); returns its meta."""
+    import io
+
+    parts = sorted(Path(folder).glob("part*"))
+    if not parts:
+        raise SystemExit(f"--load-snn {folder}: no part files")
+    try:
+        payload = torch.load(io.BytesIO(b"".join(p.read_bytes() for p in parts)), map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated / corrupt parts
+        raise SystemExit(f"--load-snn {folder}: cannot read the saved SNN ({exc})") from None
+    own = snn.state_dict()
+    for key, value in payload["snn"].items():
+        path, _, attr = key.rpartition(".")
+        mod = snn.get_submodule(path) if path else snn
+        value = value.float() if value.dtype == torch.float16 else value
+        if key in own and own[key].shape != value.shape and attr in mod._parameters:
+            raise SystemExit(f"--load-snn {folder}: {key} has shape {tuple(value.shape)}, the SNN {tuple(own[key].shape)}")
+        if attr in mod._parameters:
+            with torch.no_grad():
+                mod._parameters[attr].copy_(value)
+        elif attr in mod._buffers:
+            mod._buffers[attr] = value.clone()
+        else:
+            raise SystemExit(f"--load-snn {folder}: {key} is not a parameter or buffer of this SNN (another method?)")
+    return payload.get("meta", {})
 
 
 def parse_method(text: str) -> dict:
@@ -70,8 +158,10 @@ def parse_method(text: str) -> dict:
             kw["per_channel"] = True
         elif flag.startswith("cb") and flag[2:].isdigit() and int(flag[2:]) > 0:
             kw["correction_batches"] = int(flag[2:])
-        elif flag.startswith("e2e") and flag[3:].isdigit() and int(flag[3:]) > 0:
-            kw["e2e_images"] = int(flag[3:])
+        elif flag.startswith("e2e") and flag[3:].rstrip("w").isdigit() and int(flag[3:].rstrip("w")) > 0 \
+                and flag.count("w") <= 1:
+            kw["e2e_images"] = int(flag[3:].rstrip("w"))
+            kw["e2e_weights"] = flag.endswith("w")
         elif flag.startswith("w") and flag[1:].partition("r")[0].isdigit() and int(flag[1:].partition("r")[0]) > 0:
             iters, r, refresh = flag[1:].partition("r")
             kw["weight_iters"] = int(iters)
@@ -80,7 +170,7 @@ def parse_method(text: str) -> dict:
                     raise SystemExit(f"bad --method {text!r}: /wNrK needs a whole K >= 1")
                 kw["weight_refresh"] = int(refresh)
         else:
-            raise SystemExit(f"bad --method {text!r}: unknown suffix /{flag} (known: /pc, /cbN, /wN, /wNrK, /e2eN)")
+            raise SystemExit(f"bad --method {text!r}: unknown suffix /{flag} (known: /pc, /cbN, /wN, /wNrK, /e2eN, /e2eNw)")
     name, _, target = body.partition("@")
     base, _, corr = name.partition("+")
     thr, _, p = base.partition(":")
@@ -121,7 +211,27 @@ def main() -> int:
     ap.add_argument("--e2e-lr", type=float, default=1e-4, help="learning rate of the /e2eN calibration")
     ap.add_argument("--e2e-aug", type=int, default=4,
                     help="/e2eN: shift the calibration images by up to this many pixels and flip them (0 = as they are)")
+    ap.add_argument("--e2e-epochs", type=int, default=1, help="/e2eN: passes over its images")
+    ap.add_argument("--e2e-batch", type=int, default=32, help="/e2eN: images per step")
+    ap.add_argument("--e2e-weight-lr", type=float, default=1e-5, help="/e2eNw: learning rate of the SNN's weights")
+    ap.add_argument("--e2e-bf16", action="store_true",
+                    help="/e2eN under bfloat16 autocast even when --precision is fp32 (faster training on a GPU)")
+    ap.add_argument("--e2e-extra-T", type=int, action="append", default=[],
+                    help="/e2eN: also distil at this readout length (repeatable), e.g. 8 beside a method's @4")
+    ap.add_argument("--save-snn", default=None, help="write the last method's SNN state here (float16 parts)")
+    ap.add_argument("--save-neurons-only", action="store_true",
+                    help="--save-snn: only the neuron layers' thresholds and corrections (small)")
+    ap.add_argument("--load-snn", default=None,
+                    help="put the SNN state saved here (by --save-snn) into the converted SNN instead of its "
+                         "layer-wise correction; a method's /e2eN then continues from it")
+    ap.add_argument("--data-pack", default=None, help="read the images from this device_transport.py pack file")
     args = ap.parse_args()
+    if args.e2e_epochs < 1 or args.e2e_batch < 1:
+        raise SystemExit(f"--e2e-epochs and --e2e-batch must be >= 1, got {args.e2e_epochs} and {args.e2e_batch}")
+    if any(t < 1 for t in args.e2e_extra_T):
+        raise SystemExit(f"--e2e-extra-T must be >= 1 steps, got {args.e2e_extra_T}")
+    if not (args.e2e_weight_lr > 0 and args.e2e_weight_lr < float("inf")):
+        raise SystemExit(f"--e2e-weight-lr must be a finite number > 0, got {args.e2e_weight_lr}")
     if not (args.e2e_lr > 0 and args.e2e_lr < float("inf")):
         raise SystemExit(f"--e2e-lr must be a finite number > 0, got {args.e2e_lr}")
     if args.e2e_aug < 0:
@@ -138,7 +248,10 @@ def main() -> int:
     run = Path(args.run)
     payload = load_checkpoint(run / "model.pt", required=("model", "config"))
     cfg = payload["config"]
-    train, val, classes = load_split_tensors(cfg["dataset"], args.data_dir, cfg["val_split"])
+    if args.data_pack:
+        train, val, classes = load_pack(args.data_pack, cfg["val_split"])
+    else:
+        train, val, classes = load_split_tensors(cfg["dataset"], args.data_dir, cfg["val_split"])
     model = build_model(cfg, train[0].shape[1], len(classes), train[0].shape[-1])
     model.load_state_dict(payload["model"])
     model.eval()
@@ -158,18 +271,34 @@ def main() -> int:
         """(SNN of method ``text`` on the device, conversion seconds, end-to-end report or None)."""
         kw = parse_method(text)
         e2e_n = kw.pop("e2e_images", 0)
+        e2e_w = kw.pop("e2e_weights", False)
         t0 = time.perf_counter()
+        if args.load_snn and kw.get("correction", "none") != "none":
+            kw["correction"] = "none"  # the loaded state holds it
         snn = convert(model, calib, batch_size=256, max_batches=args.calib_batches, channels_last=True, **kw)
         e2e = None
+        if args.load_snn:
+            e2e = load_snn(snn, args.load_snn).get("e2e_report")
+            print(f"  loaded the SNN state of {args.load_snn}", flush=True)
         if e2e_n:
             start = 256 * args.calib_batches + (args.select_n if args.select_T is not None else 0)
             if start + e2e_n > len(train[1]):
                 raise SystemExit(f"/e2e{e2e_n}: only {len(train[1]) - start} training images remain after the "
                                  f"calibration and selection images")
             aug = (lambda x, g: random_crop_flip(x, pad=args.e2e_aug, generator=g)) if args.e2e_aug else None
-            e2e = calibrate_end_to_end(snn, model, train[0][perm[start:start + e2e_n]], kw["target_T"], lr=args.e2e_lr,
-                                       bf16=bf16, augment=aug, seed=cfg["seed"],
-                                       log=lambda line: print("  " + line, flush=True))
+            learn = ("potential", "bias", "weight") if e2e_w else ("potential", "bias")
+            snn.to(dev)
+            model.to(dev)
+            try:
+                e2e = calibrate_end_to_end(snn, model, train[0][perm[start:start + e2e_n]], kw["target_T"],
+                                           lr=args.e2e_lr, bf16=bf16 or args.e2e_bf16, augment=aug, seed=cfg["seed"],
+                                           epochs=args.e2e_epochs, batch_size=args.e2e_batch, learn=learn,
+                                           weight_lr=args.e2e_weight_lr, extra_T=tuple(args.e2e_extra_T),
+                                           log=lambda line: print("  " + line, flush=True))
+            finally:
+                model.cpu()
+        if args.save_snn:
+            save_snn(snn, args.save_snn, {"method": text, "e2e_report": e2e}, neurons_only=args.save_neurons_only)
         return snn.to(dev), time.perf_counter() - t0, e2e
 
     def show(key: str, acc: list[float], ref: float, extra: str = "") -> None:

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 MAGIC = b"SFJPEG2\n"
+MAGIC_SUBSET = b"SFJPEG3\n"  # also a mask of the training images carried (pack --train-keep)
 RECORD = 3073
 PART = 15 * 2**20
 FILTERS = [{"id": lzma.FILTER_DELTA, "dist": 1}, {"id": lzma.FILTER_LZMA2, "preset": 9}]
@@ -68,8 +69,13 @@ def pack(args) -> None:
         _, val_idx = stratified_split(torch.from_numpy(rec[:, 0].astype(np.int64)), args.val_split,
                                       seed=VAL_SPLIT_SEED)
         held[val_idx.numpy()] = True
+    keep = ~held
+    if args.train_keep is not None:  # carry only the first N training images (in file order)
+        if args.train_keep < 1:
+            sys.exit(f"--train-keep must be >= 1, got {args.train_keep}")
+        keep &= np.cumsum(~held) <= args.train_keep
     blobs = []
-    for r in rec[~held]:
+    for r in rec[keep]:
         b = io.BytesIO()
         Image.fromarray(r[1:].reshape(3, 32, 32).transpose(1, 2, 0)).save(b, "JPEG", quality=75, subsampling=2)
         blobs.append(b.getvalue())
@@ -78,15 +84,20 @@ def pack(args) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     with open(tmp, "wb") as f:
-        f.write(MAGIC + struct.pack("<III", len(rec), len(blobs), len(exact)))
+        f.write((MAGIC if keep.sum() == (~held).sum() else MAGIC_SUBSET)
+                + struct.pack("<III", len(rec), len(blobs), len(exact)))
         f.write(np.packbits(held).tobytes())
-        f.write(rec[~held, 0].tobytes())
+        if keep.sum() != (~held).sum():
+            f.write(np.packbits(keep).tobytes())
+            f.write(rec[:, 0].tobytes())  # every label: the held-out split is drawn from all of them
+        f.write(rec[keep, 0].tobytes())
         f.write(np.array([len(b) for b in blobs], dtype=np.uint32).tobytes())
         f.write(exact)
         for b in blobs:
             f.write(b)
     tmp.replace(out)
-    print(f"{out}: {len(rec)} images ({int(held.sum())} exact), {out.stat().st_size / 2**20:.1f} MiB")
+    print(f"{out}: {int(held.sum() + keep.sum())} of {len(rec)} images ({int(held.sum())} exact), "
+          f"{out.stat().st_size / 2**20:.1f} MiB")
 
 
 def unpack(args) -> None:
@@ -96,22 +107,36 @@ def unpack(args) -> None:
         sys.exit(f"{args.src}: truncated or corrupt ({exc})")
 
 
-def _unpack(args) -> None:
+def read_pack(src) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(records, held, present)`` of a packed file: all ``[n, 3073]`` records in the
+    official layout, the held-out mask and the mask of records the file carries (a pack
+    made with ``--train-keep`` leaves training images out; their records hold only the label)."""
     from PIL import Image
 
-    data = Path(args.src).read_bytes()
-    if not data.startswith(MAGIC):
-        sys.exit(f"{args.src}: not a file written by 'pack'")
+    data = Path(src).read_bytes()
+    subset = data.startswith(MAGIC_SUBSET)
+    if not (subset or data.startswith(MAGIC)):
+        raise ValueError("not a file written by 'pack'")
     pos = len(MAGIC)
     n, n_jpeg, n_exact = struct.unpack_from("<III", data, pos)
     pos += 12
     held = np.unpackbits(np.frombuffer(data, np.uint8, (n + 7) // 8, pos))[:n].astype(bool)
     pos += (n + 7) // 8
+    keep = ~held
+    if subset:
+        keep = np.unpackbits(np.frombuffer(data, np.uint8, (n + 7) // 8, pos))[:n].astype(bool)
+        pos += (n + 7) // 8
+        if int(keep.sum()) != n_jpeg or (keep & held).any():
+            raise ValueError("the masks of held-out and carried images disagree")
+        all_labels = np.frombuffer(data, np.uint8, n, pos)
+        pos += n
     labels = np.frombuffer(data, np.uint8, n_jpeg, pos)
     pos += n_jpeg
     sizes = np.frombuffer(data, np.uint32, n_jpeg, pos)
     pos += 4 * n_jpeg
-    rec = np.empty((n, RECORD), dtype=np.uint8)
+    rec = np.zeros((n, RECORD), dtype=np.uint8)
+    if subset:
+        rec[:, 0] = all_labels
     rec[held] = np.frombuffer(lzma.decompress(data[pos:pos + n_exact], format=lzma.FORMAT_RAW, filters=FILTERS),
                               np.uint8).reshape(-1, RECORD)
     pos += n_exact
@@ -121,7 +146,19 @@ def _unpack(args) -> None:
         img = np.asarray(Image.open(io.BytesIO(data[pos:pos + int(s)])).convert("RGB"))
         jpeg[i, 1:] = img.transpose(2, 0, 1).reshape(-1)
         pos += int(s)
-    rec[~held] = jpeg
+    rec[keep] = jpeg
+    return rec, held, held | keep
+
+
+def _unpack(args) -> None:
+    try:
+        rec, held, present = read_pack(args.src)
+    except ValueError as exc:
+        sys.exit(f"{args.src}: {exc}")
+    if not present.all():
+        sys.exit(f"{args.src}: carries {int(present.sum())} of {len(rec)} images (packed with --train-keep); "
+                 "read it with read_pack() (cifar_methods.py --data-pack), not as a whole data set")
+    n = len(rec)
     out = Path(args.out) / "cifar-10-batches-bin"
     out.mkdir(parents=True, exist_ok=True)
     per = n // 5
@@ -173,6 +210,8 @@ def main() -> None:
     p = sub.add_parser("pack")
     p.add_argument("--data-dir", required=True)
     p.add_argument("--val-split", type=int, default=10000, help="these held-out images travel exactly (0: none)")
+    p.add_argument("--train-keep", type=int, default=None,
+                   help="carry only the first N training images (default: all), to leave room for a model")
     p.add_argument("--out", required=True)
     p = sub.add_parser("unpack")
     p.add_argument("--src", required=True)

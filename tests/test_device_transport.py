@@ -105,3 +105,27 @@ def test_pack_names_a_missing_batch_and_unpack_a_truncated_file(tmp_path):
     (tmp_path / "cut.sfj").write_bytes(data[: len(data) // 3])
     r = _run("unpack", "--src", str(tmp_path / "cut.sfj"), "--out", str(tmp_path / "o"))
     assert r.returncode != 0 and "truncated or corrupt" in r.stderr
+
+
+def test_a_pack_with_fewer_training_images_keeps_the_held_out_split(tmp_path):
+    """--train-keep N: the same held-out images (exact, same order) and the first N training
+    images; cifar_methods.py --data-pack reads it, unpack refuses to make a partial data set."""
+    _write_cifar(tmp_path / "src")
+    r = _run("pack", "--data-dir", str(tmp_path / "src"), "--val-split", "30", "--train-keep", "25",
+             "--out", str(tmp_path / "c.sfj"))
+    assert r.returncode == 0, r.stderr
+    assert "55 of 100 images" in r.stdout
+    spec = importlib.util.spec_from_file_location("cifar_methods_pack", ROOT / "benchmarks" / "cifar_methods.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    train, val, classes = mod.load_pack(str(tmp_path / "c.sfj"), 30)
+    a = load_split_tensors("cifar10", str(tmp_path / "src"), 30)
+    assert torch.equal(val[0], a[1][0]) and torch.equal(val[1], a[1][1])
+    assert torch.equal(train[1], a[0][1][:25]) and train[0].shape == (25, 3, 32, 32)
+    assert 0 < (train[0] - a[0][0][:25]).abs().mean().item() * 255 < 3
+    with pytest.raises(SystemExit, match="not the run's --val-split 20"):
+        mod.load_pack(str(tmp_path / "c.sfj"), 20)
+    r = _run("unpack", "--src", str(tmp_path / "c.sfj"), "--out", str(tmp_path / "dst"))
+    assert r.returncode != 0 and "--train-keep" in r.stderr
+    assert _run("pack", "--data-dir", str(tmp_path / "src"), "--train-keep", "0", "--out",
+                str(tmp_path / "d.sfj")).returncode != 0
