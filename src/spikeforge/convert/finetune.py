@@ -194,7 +194,8 @@ def calibrate_end_to_end(
     gen = torch.Generator().manual_seed(seed)
     report: dict[str, Any] = {"T": int(T), "images": len(images), "epochs": int(epochs), "batch_size": int(batch_size),
                               "lr": float(lr), "learn": list(learn), "extra_T": [int(t) for t in extra_T],
-                              "weight_lr": None if not weights else float(lr if weight_lr is None else weight_lr), "steps": steps, "loss": [], "agreement": []}
+                              "weight_lr": float(lr if weight_lr is None else weight_lr) if weights else None,
+                              "steps": steps, "loss": [], "agreement": []}
     if bf16:
         from spikeforge.evaluate import analog_input_float32
     t_start = time.perf_counter()
