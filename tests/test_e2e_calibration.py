@@ -290,3 +290,15 @@ def test_convert_and_the_cli_fine_tune_the_weights_when_asked(tmp_path, capsys):
     assert "potential, bias and weights learnt end to end for T=4" in (out / "report.md").read_text()
     assert main(["run", "lenet5-convert", "--e2e-weight-lr", "0.01", "--out", str(tmp_path / "bad")]) != 0
     assert "--e2e-weight-lr" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("setting", ["2:0", "x:0:1e-3", "2:0:0", "1.5:0:1e-3"])
+def test_the_lenet5_tuning_screen_names_a_bad_setting(setting):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "lenet5_tuning_screen.py"
+    r = subprocess.run([sys.executable, str(script), "--checkpoint", "none.pt", "--setting", setting],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "--setting must be EPOCHS:WEIGHT_LR:LR" in r.stderr and "Traceback" not in r.stderr
