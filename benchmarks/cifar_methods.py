@@ -77,10 +77,13 @@ def load_pack(path: str, val_split: int) -> tuple:
     from spikeforge.data.split import stratified_split
     from spikeforge.experiments.common import VAL_SPLIT_SEED
 
+    import lzma
+    import struct
+
     try:
         rec, held, present = read_pack(path)
-    except (OSError, ValueError, EOFError) as exc:
-        raise SystemExit(f"--data-pack {path}: {exc}") from None
+    except (OSError, ValueError, EOFError, struct.error, lzma.LZMAError) as exc:
+        raise SystemExit(f"--data-pack {path}: truncated, corrupt or missing ({exc})") from None
     labels = torch.from_numpy(rec[:, 0].astype(np.int64))
     train_idx, val_idx = stratified_split(labels, val_split, seed=VAL_SPLIT_SEED)
     mask = np.zeros(len(rec), dtype=bool)

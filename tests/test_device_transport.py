@@ -125,6 +125,13 @@ def test_a_pack_with_fewer_training_images_keeps_the_held_out_split(tmp_path):
     assert 0 < (train[0] - a[0][0][:25]).abs().mean().item() * 255 < 3
     with pytest.raises(SystemExit, match="not the run's --val-split 20"):
         mod.load_pack(str(tmp_path / "c.sfj"), 20)
+    data = (tmp_path / "c.sfj").read_bytes()
+    for cut in (40, len(data) // 2):  # in the header, in the images
+        (tmp_path / "t.sfj").write_bytes(data[:cut])
+        with pytest.raises(SystemExit, match="--data-pack .*t.sfj: truncated, corrupt or missing"):
+            mod.load_pack(str(tmp_path / "t.sfj"), 30)
+    with pytest.raises(SystemExit, match="truncated, corrupt or missing"):
+        mod.load_pack(str(tmp_path / "absent.sfj"), 30)
     r = _run("unpack", "--src", str(tmp_path / "c.sfj"), "--out", str(tmp_path / "dst"))
     assert r.returncode != 0 and "--train-keep" in r.stderr
     assert _run("pack", "--data-dir", str(tmp_path / "src"), "--train-keep", "0", "--out",
