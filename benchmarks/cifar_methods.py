@@ -108,14 +108,21 @@ def save_snn(snn, folder: str, meta: dict, neurons_only: bool = False) -> None:
     buf = io.BytesIO()
     torch.save({"snn": state, "meta": meta}, buf)
     data = buf.getvalue()
+    import shutil
+
     out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("part*"):
-        old.unlink()
+    # all parts into a sibling folder first, then swapped in: an interrupted save leaves the old state whole
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     for i in range(0, len(data), PART):
-        tmp = out / f".part{i // PART:02d}.tmp"
-        tmp.write_bytes(data[i:i + PART])
-        tmp.replace(out / f"part{i // PART:02d}")
+        (tmp / f"part{i // PART:02d}").write_bytes(data[i:i + PART])
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.replace(old)
+    tmp.replace(out)
+    shutil.rmtree(old, ignore_errors=True)
     print(f"SNN state -> {out}: {len(data) / 2**20:.1f} MiB in {(len(data) + PART - 1) // PART} parts")
 
 

@@ -228,6 +228,8 @@ def test_the_benchmark_saves_and_loads_a_tuned_snn(tmp_path):
     mod.PART = 2_000  # several parts
     mod.save_snn(snn, str(tmp_path / "snn"), {"method": "m"})
     assert len(list((tmp_path / "snn").glob("part*"))) >= 2
+    mod.save_snn(snn, str(tmp_path / "snn"), {"method": "m"})  # saving again replaces the state whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["snn"]
     fresh = convert(net, x, threshold="mse", target_T=3, batch_size=64)
     assert not torch.equal(fresh(x, 3), snn(x, 3))
     assert mod.load_snn(fresh, str(tmp_path / "snn"))["method"] == "m"
